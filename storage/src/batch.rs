@@ -1,0 +1,515 @@
+//! Batch encoding and decoding: pure functions over bytes, no I/O.
+//!
+//! One append writes one batch. The exact layout is drawn in `docs/format.md`; in short (all
+//! integers little-endian):
+//!
+//! ```text
+//! 0   u64 base_offset
+//! 8   u32 length            bytes after this field
+//! 12  u32 magic             "SPLB"
+//! 16  u8  version           1
+//! 17  u32 crc32             crc32fast over bytes 21..12+length
+//! 21  u16 attributes        bits 0-2 compression codec (0 = none), others zero
+//! 23  u32 record_count
+//! 27  i64 first_timestamp_ms
+//! 35  i64 max_timestamp_ms
+//! 43  u64 producer_id       0 = not idempotent
+//! 51  u16 producer_epoch
+//! 53  u64 sequence          per batch, not per record
+//! 61  records...
+//! ```
+//!
+//! Each record: varint body length, then varint offset delta, zigzag-varint timestamp delta
+//! (from `first_timestamp_ms`), varint key length + key, varint value length + value, varint
+//! header count, and per header varint key length + UTF-8 key, varint value length + value.
+
+use bytes::Bytes;
+
+/// Bytes of the fixed batch header.
+pub const HEADER_LEN: usize = 61;
+/// `"SPLB"` read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"SPLB");
+/// The only format version this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Offset of the first byte the CRC covers.
+const CRC_START: usize = 21;
+/// Compression codecs live in the low three bits of `attributes`.
+const CODEC_MASK: u16 = 0b111;
+
+/// One record as appended: the broker fills `timestamp_ms` before it reaches the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+    pub timestamp_ms: i64,
+}
+
+/// A record header; order is kept and keys may repeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Bytes,
+}
+
+/// A record read back from the log: zero-copy views into the mapped batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+impl StoredRecord {
+    /// Payload size used for read limits: key, value and header bytes.
+    pub fn payload_len(&self) -> usize {
+        self.key.len()
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.len())
+                .sum::<usize>()
+    }
+}
+
+/// Idempotence stamp of a batch: one sequence number per batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub producer_id: u64,
+    pub producer_epoch: u16,
+    pub sequence: u64,
+}
+
+/// The fixed header of a batch, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    /// Total bytes of the batch, header included.
+    pub total_len: usize,
+    pub crc: u32,
+    pub attributes: u16,
+    pub record_count: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer: ProducerStamp,
+}
+
+impl BatchHeader {
+    /// The offset after this batch's last record.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+}
+
+/// Why bytes are not a valid batch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("truncated: {needed} bytes needed, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("bad length {0}")]
+    BadLength(u32),
+    #[error("bad magic {0:#010x}")]
+    BadMagic(u32),
+    #[error("unsupported format version {0}")]
+    BadVersion(u8),
+    #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("unsupported attributes {0:#06x}")]
+    BadAttributes(u16),
+    #[error("malformed record: {0}")]
+    BadRecord(&'static str),
+}
+
+/// Encodes one batch into `out` (cleared first) and returns its header.
+///
+/// `records` must not be empty; the caller checks size limits.
+pub fn encode(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    producer: ProducerStamp,
+    records: &[Record],
+) -> BatchHeader {
+    out.clear();
+    let first_ts = records.first().map_or(0, |r| r.timestamp_ms);
+    let max_ts = records
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .max()
+        .unwrap_or(first_ts);
+    out.resize(HEADER_LEN, 0);
+    let mut body = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        body.clear();
+        put_varint(&mut body, i as u64);
+        put_varint(&mut body, zigzag(r.timestamp_ms.wrapping_sub(first_ts)));
+        put_bytes(&mut body, &r.key);
+        put_bytes(&mut body, &r.value);
+        put_varint(&mut body, r.headers.len() as u64);
+        for h in &r.headers {
+            put_bytes(&mut body, h.key.as_bytes());
+            put_bytes(&mut body, &h.value);
+        }
+        put_varint(out, body.len() as u64);
+        out.extend_from_slice(&body);
+    }
+    let total_len = out.len();
+    let header = BatchHeader {
+        base_offset,
+        total_len,
+        crc: 0,
+        attributes: 0,
+        record_count: records.len() as u32,
+        first_timestamp_ms: first_ts,
+        max_timestamp_ms: max_ts,
+        producer,
+    };
+    out[0..8].copy_from_slice(&base_offset.to_le_bytes());
+    out[8..12].copy_from_slice(&((total_len - 12) as u32).to_le_bytes());
+    out[12..16].copy_from_slice(&MAGIC.to_le_bytes());
+    out[16] = VERSION;
+    out[21..23].copy_from_slice(&header.attributes.to_le_bytes());
+    out[23..27].copy_from_slice(&header.record_count.to_le_bytes());
+    out[27..35].copy_from_slice(&first_ts.to_le_bytes());
+    out[35..43].copy_from_slice(&max_ts.to_le_bytes());
+    out[43..51].copy_from_slice(&producer.producer_id.to_le_bytes());
+    out[51..53].copy_from_slice(&producer.producer_epoch.to_le_bytes());
+    out[53..61].copy_from_slice(&producer.sequence.to_le_bytes());
+    let crc = crc32fast::hash(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_le_bytes());
+    BatchHeader { crc, ..header }
+}
+
+/// Exact encoded size of one record (length prefix included), for limit checks.
+pub fn record_encoded_len(r: &Record, index: usize, first_ts: i64) -> usize {
+    let mut n = varint_len(index as u64)
+        + varint_len(zigzag(r.timestamp_ms.wrapping_sub(first_ts)))
+        + bytes_len(r.key.len())
+        + bytes_len(r.value.len())
+        + varint_len(r.headers.len() as u64);
+    for h in &r.headers {
+        n += bytes_len(h.key.len()) + bytes_len(h.value.len());
+    }
+    n + varint_len(n as u64)
+}
+
+/// Decodes the fixed header at the start of `buf` and checks length, magic, version and
+/// attributes, but not the CRC (see [`check`]).
+pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    if buf.len() < HEADER_LEN {
+        return Err(BatchError::Truncated {
+            needed: HEADER_LEN,
+            available: buf.len(),
+        });
+    }
+    let length = le_u32(buf, 8);
+    if (length as usize) < HEADER_LEN - 12 {
+        return Err(BatchError::BadLength(length));
+    }
+    let magic = le_u32(buf, 12);
+    if magic != MAGIC {
+        return Err(BatchError::BadMagic(magic));
+    }
+    if buf[16] != VERSION {
+        return Err(BatchError::BadVersion(buf[16]));
+    }
+    let attributes = u16::from_le_bytes([buf[21], buf[22]]);
+    if attributes & !CODEC_MASK != 0 || attributes & CODEC_MASK != 0 {
+        // Only "no compression" exists in version 1; the bits are reserved for codecs.
+        return Err(BatchError::BadAttributes(attributes));
+    }
+    let record_count = le_u32(buf, 23);
+    if record_count == 0 {
+        return Err(BatchError::BadRecord("batch with zero records"));
+    }
+    Ok(BatchHeader {
+        base_offset: le_u64(buf, 0),
+        total_len: length as usize + 12,
+        crc: le_u32(buf, 17),
+        attributes,
+        record_count,
+        first_timestamp_ms: le_u64(buf, 27) as i64,
+        max_timestamp_ms: le_u64(buf, 35) as i64,
+        producer: ProducerStamp {
+            producer_id: le_u64(buf, 43),
+            producer_epoch: u16::from_le_bytes([buf[51], buf[52]]),
+            sequence: le_u64(buf, 53),
+        },
+    })
+}
+
+/// Decodes and fully validates (CRC included) the batch at the start of `buf`.
+pub fn check(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let h = decode_header(buf)?;
+    if buf.len() < h.total_len {
+        return Err(BatchError::Truncated {
+            needed: h.total_len,
+            available: buf.len(),
+        });
+    }
+    let computed = crc32fast::hash(&buf[CRC_START..h.total_len]);
+    if computed != h.crc {
+        return Err(BatchError::BadCrc {
+            stored: h.crc,
+            computed,
+        });
+    }
+    Ok(h)
+}
+
+/// A validated batch: its header and its bytes (a zero-copy view into the log).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub header: BatchHeader,
+    pub bytes: Bytes,
+}
+
+impl Batch {
+    /// Validates the batch at the start of `bytes` (CRC included) and keeps a view of it.
+    pub fn parse(bytes: &Bytes) -> Result<Batch, BatchError> {
+        let header = check(bytes)?;
+        Ok(Batch {
+            header,
+            bytes: bytes.slice(..header.total_len),
+        })
+    }
+
+    /// Decodes every record; keys, values and header values are views into `bytes`.
+    pub fn records(&self) -> Result<Vec<StoredRecord>, BatchError> {
+        let mut out = Vec::with_capacity(self.header.record_count as usize);
+        let mut cur = Cursor {
+            buf: &self.bytes,
+            pos: HEADER_LEN,
+        };
+        for i in 0..self.header.record_count {
+            let len = cur.varint()? as usize;
+            let end = cur
+                .pos
+                .checked_add(len)
+                .filter(|&e| e <= self.bytes.len())
+                .ok_or(BatchError::BadRecord("record runs past the batch"))?;
+            let delta = cur.varint()?;
+            if delta != u64::from(i) {
+                return Err(BatchError::BadRecord("offset delta out of order"));
+            }
+            let ts = self
+                .header
+                .first_timestamp_ms
+                .wrapping_add(unzigzag(cur.varint()?));
+            let key = cur.bytes(&self.bytes, end)?;
+            let value = cur.bytes(&self.bytes, end)?;
+            let n_headers = cur.varint()?;
+            if n_headers > len as u64 {
+                return Err(BatchError::BadRecord("header count exceeds record size"));
+            }
+            let mut headers = Vec::with_capacity(n_headers as usize);
+            for _ in 0..n_headers {
+                let k = cur.bytes(&self.bytes, end)?;
+                let key = String::from_utf8(k.to_vec())
+                    .map_err(|_| BatchError::BadRecord("header key is not UTF-8"))?;
+                let value = cur.bytes(&self.bytes, end)?;
+                headers.push(Header { key, value });
+            }
+            if cur.pos != end {
+                return Err(BatchError::BadRecord(
+                    "record length disagrees with its fields",
+                ));
+            }
+            out.push(StoredRecord {
+                offset: self.header.base_offset + u64::from(i),
+                timestamp_ms: ts,
+                key,
+                value,
+                headers,
+            });
+        }
+        if cur.pos != self.bytes.len() {
+            return Err(BatchError::BadRecord(
+                "trailing bytes after the last record",
+            ));
+        }
+        Ok(out)
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn varint(&mut self) -> Result<u64, BatchError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or(BatchError::BadRecord("varint runs past the batch"))?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(BatchError::BadRecord("varint longer than 10 bytes"))
+    }
+
+    fn bytes(&mut self, owner: &Bytes, limit: usize) -> Result<Bytes, BatchError> {
+        let len = self.varint()? as usize;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&e| e <= limit)
+            .ok_or(BatchError::BadRecord("field runs past its record"))?;
+        let b = owner.slice(self.pos..end);
+        self.pos = end;
+        Ok(b)
+    }
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn bytes_len(n: usize) -> usize {
+    varint_len(n as u64) + n
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, value: &str, ts: i64) -> Record {
+        Record {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            headers: vec![
+                Header {
+                    key: "h".into(),
+                    value: Bytes::from_static(b"1"),
+                },
+                Header {
+                    key: "h".into(),
+                    value: Bytes::from_static(b"2"),
+                },
+            ],
+            timestamp_ms: ts,
+        }
+    }
+
+    #[test]
+    fn batch_round_trips_records_headers_and_stamp() {
+        let records = vec![
+            rec("k1", "v1", 1000),
+            rec("", "", 990),
+            rec("k3", "vvv", 2000),
+        ];
+        let stamp = ProducerStamp {
+            producer_id: 7,
+            producer_epoch: 2,
+            sequence: 41,
+        };
+        let mut buf = Vec::new();
+        let h = encode(&mut buf, 100, stamp, &records);
+        assert_eq!(h.total_len, buf.len());
+        assert_eq!(h.max_timestamp_ms, 2000);
+        assert_eq!(h.first_timestamp_ms, 1000);
+        let batch = Batch::parse(&Bytes::from(buf)).unwrap();
+        assert_eq!(batch.header, h);
+        assert_eq!(batch.header.producer, stamp);
+        let got = batch.records().unwrap();
+        assert_eq!(got.len(), 3);
+        for (i, (g, r)) in got.iter().zip(&records).enumerate() {
+            assert_eq!(g.offset, 100 + i as u64);
+            assert_eq!(g.key, r.key);
+            assert_eq!(g.value, r.value);
+            assert_eq!(g.headers, r.headers);
+            assert_eq!(g.timestamp_ms, r.timestamp_ms);
+        }
+    }
+
+    #[test]
+    fn record_encoded_len_matches_encoding() {
+        let records = vec![rec("key", &"x".repeat(300), 5), rec("k", "v", -100)];
+        let mut buf = Vec::new();
+        encode(&mut buf, 0, ProducerStamp::default(), &records);
+        let predicted: usize = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| record_encoded_len(r, i, 5))
+            .sum();
+        assert_eq!(buf.len(), HEADER_LEN + predicted);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 5, ProducerStamp::default(), &[rec("a", "b", 1)]);
+        for i in 8..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(check(&bad).is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn truncated_batches_are_rejected() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 0, ProducerStamp::default(), &[rec("a", "b", 1)]);
+        for len in 0..buf.len() {
+            assert!(check(&buf[..len]).is_err(), "accepted a batch cut at {len}");
+        }
+    }
+
+    #[test]
+    fn zeroed_bytes_are_not_a_batch() {
+        assert!(matches!(check(&[0u8; 128]), Err(BatchError::BadLength(0))));
+    }
+
+    #[test]
+    fn varints_and_zigzag_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v));
+            let mut c = Cursor { buf: &b, pos: 0 };
+            assert_eq!(c.varint().unwrap(), v);
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+}

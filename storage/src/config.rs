@@ -1,0 +1,114 @@
+//! Per-log configuration: segment size, durability, retention and size limits.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The smallest segment a log accepts (the broker honours `segment_bytes` down to this).
+pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+/// The largest segment: index entries hold 32-bit byte positions.
+pub const MAX_SEGMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024 - 1;
+
+/// When an append reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `append` returns once the batch is fdatasync'd; concurrent appends share one flush.
+    Always,
+    /// A background flusher fdatasyncs dirty logs at this interval; `append` returns once
+    /// the batch is written to the page cache.
+    Interval(Duration),
+    /// The operating system decides when dirty pages reach the disk.
+    Never,
+}
+
+/// How one log (one partition) behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment is closed and a new one started once it would grow past this.
+    pub segment_bytes: u64,
+    /// One offset index entry per this many bytes of log (and at most one time entry).
+    pub index_interval_bytes: u32,
+    /// Disk space reserved ahead of the writer in steps of this many bytes (fallocate).
+    pub preallocate_bytes: u64,
+    pub durability: Durability,
+    /// Delete the oldest closed segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Delete closed segments whose newest record is older than this.
+    pub retention: Option<Duration>,
+    /// Largest encoded record accepted.
+    pub max_record_bytes: u64,
+    /// Largest encoded batch accepted.
+    pub max_batch_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            preallocate_bytes: 4 * 1024 * 1024,
+            durability: Durability::Always,
+            retention_bytes: None,
+            retention: None,
+            max_record_bytes: 1024 * 1024,
+            max_batch_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks that the values are usable, saying which one is not.
+    pub fn validate(&self) -> Result<()> {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return Err(Error::InvalidConfig(format!(
+                "segment_bytes {} must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}",
+                self.segment_bytes
+            )));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "index_interval_bytes must be at least 1".into(),
+            ));
+        }
+        if self.preallocate_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "preallocate_bytes must be at least 1".into(),
+            ));
+        }
+        if let Durability::Interval(d) = self.durability
+            && d.is_zero()
+        {
+            return Err(Error::InvalidConfig(
+                "a durability interval must be at least 1 ms".into(),
+            ));
+        }
+        if self.max_record_bytes == 0 || self.max_batch_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "record and batch size limits must be at least 1 byte".into(),
+            ));
+        }
+        if self.max_batch_bytes > u64::from(u32::MAX) {
+            return Err(Error::InvalidConfig(format!(
+                "max_batch_bytes {} exceeds the format's 4 GiB batch limit",
+                self.max_batch_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Process-wide storage settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Closed segment and index files mapped at once, least recently used released first.
+    /// Bounds `vm.max_map_count` use however many partitions and segments exist.
+    pub max_mapped_files: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            max_mapped_files: 4096,
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The storage layer's one error type.
+//!
+//! Every variant carries what a reader of the message needs to act: the file, the position,
+//! the valid offset range. The broker maps these to gRPC status codes in one place
+//! (`broker/src/service/status.rs`).
+
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+
+/// Result alias for the storage layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed; `op` says which, `path` on what.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file system has no room for the append; nothing was written.
+    #[error(
+        "disk full while writing {path}: {source}; free space (retention, deleting topics) and retry"
+    )]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "data directory {path} is locked by another process (is another spoold running on it?)"
+    )]
+    Locked { path: PathBuf },
+    /// Stored bytes failed their checks (length, magic, CRC). Never served as data.
+    #[error("corrupt data in {path} at byte {position}{}: {reason}", fmt_offsets(.offsets))]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        /// The offsets known to be lost, when the damage could be bounded.
+        offsets: Option<Range<u64>>,
+        reason: String,
+    },
+    /// The requested offset is outside the log.
+    #[error(
+        "offset {requested} is out of range: valid offsets are {start}..{end} (start inclusive, end exclusive)"
+    )]
+    OffsetOutOfRange {
+        requested: u64,
+        start: u64,
+        end: u64,
+    },
+    /// One record exceeds the log's record size limit.
+    #[error("record of {size} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge { size: u64, max: u64 },
+    /// The whole batch exceeds the log's batch size limit.
+    #[error("batch of {size} bytes exceeds the limit of {max} bytes")]
+    BatchTooLarge { size: u64, max: u64 },
+    /// An append carried no records.
+    #[error("an append must carry at least one record")]
+    EmptyBatch,
+    /// `append_at` named an offset other than the log's end (a follower out of step).
+    #[error("append at offset {got} does not match the log end offset {expected}")]
+    OffsetMismatch { expected: u64, got: u64 },
+    /// `truncate` named an offset inside a batch.
+    #[error("offset {offset} is not a batch boundary (the batch spans {batch_start}..{batch_end})")]
+    NotBatchBoundary {
+        offset: u64,
+        batch_start: u64,
+        batch_end: u64,
+    },
+    /// An idempotent producer skipped sequence numbers.
+    #[error("producer {producer_id}: sequence {got} skips ahead of the expected {expected}")]
+    SequenceGap {
+        producer_id: u64,
+        expected: u64,
+        got: u64,
+    },
+    /// An idempotent producer retried a sequence too old to be remembered.
+    #[error(
+        "producer {producer_id}: sequence {got} is older than the oldest remembered ({oldest}); its outcome is unknown"
+    )]
+    SequenceTooOld {
+        producer_id: u64,
+        got: u64,
+        oldest: u64,
+    },
+    /// A previous fsync failed; the log refuses writes until it is reopened.
+    #[error("log {path} stopped accepting writes after an fsync failure; restart to recover")]
+    Poisoned { path: PathBuf },
+    /// A log name that would escape the data directory or is otherwise unusable.
+    #[error("invalid log name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    /// A log configuration value outside what the log supports.
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+}
+
+fn fmt_offsets(offsets: &Option<Range<u64>>) -> String {
+    match offsets {
+        Some(r) => format!(" (offsets {}..{} lost)", r.start, r.end),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error, turning "no space" into [`Error::DiskFull`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if is_disk_full(&source) {
+            Error::DiskFull { path, source }
+        } else {
+            Error::Io { op, path, source }
+        }
+    }
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+        || e.raw_os_error() == Some(28) // ENOSPC
+        || e.raw_os_error() == Some(122) // EDQUOT
+}

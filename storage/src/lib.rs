@@ -1,0 +1,174 @@
+//! Spool's storage engine: a segmented, memory-mapped write-ahead log per partition.
+//!
+//! An acknowledged record is never lost (under [`Durability::Always`]), a torn or corrupt
+//! record is never served, and a restart scans only the tail of the last segment.
+//!
+//! # Layout
+//! - [`batch`]: the byte layout of a batch and its records; pure encode and decode.
+//! - [`index`]: the sparse offset index and the time index, and their lookups.
+//! - `segment`: one `.log` file and its indexes; active (appending) or closed (immutable).
+//! - `recovery`: finding the valid end of the last segment on open.
+//! - [`log`]: the segments of one partition: append, read, roll, retention, truncate, sync.
+//! - `producer`: idempotent producer state, rebuilt from batch headers.
+//! - `cache`: closed segments mapped on demand and released least recently used.
+//! - `flusher`: the background thread behind [`Durability::Interval`].
+//! - `mmap`: the only `unsafe` code, a read-only map behind a safe API.
+//! - [`error`]: the one error enum of this layer.
+//!
+//! # Invariants
+//! - Bytes of a segment below its published length are never modified while mapped;
+//!   truncation writes a new file and renames it over the old one.
+//! - The end offset is published after the batch's bytes are in place, so readers see
+//!   only complete batches; appends to one log are serialised.
+//! - Storage knows nothing of async runtimes or gRPC: blocking calls, plain threads.
+//! - One process per data directory, enforced by an exclusive lock on `<root>/.lock`.
+
+pub mod batch;
+mod cache;
+pub mod config;
+pub mod error;
+mod flusher;
+pub mod index;
+pub mod log;
+mod mmap;
+mod producer;
+mod recovery;
+mod segment;
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use batch::{Header, ProducerStamp, Record, StoredRecord};
+pub use config::{Durability, LogConfig, StorageConfig};
+pub use error::{Error, Result};
+pub use log::{Appended, Damage, Listener, Log, OpenReport};
+
+/// State shared by every log of one storage: the map cache, segment ids, the flusher.
+pub(crate) struct Shared {
+    cache: cache::MapCache,
+    next_id: AtomicU64,
+    flusher: flusher::Flusher,
+}
+
+impl Shared {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A data directory holding many logs, locked for this process.
+pub struct Storage {
+    root: PathBuf,
+    shared: Arc<Shared>,
+    _lock: File,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the data directory `root` and takes its exclusive lock.
+    /// A second process on the same directory fails at once with [`Error::Locked`].
+    pub fn open(root: impl AsRef<Path>, config: StorageConfig) -> Result<Storage> {
+        let root = root.as_ref().to_path_buf();
+        fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        let lock_path = root.join(".lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: root }),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
+        }
+        let flusher =
+            flusher::Flusher::start().map_err(|e| Error::io("spawn flusher", &root, e))?;
+        Ok(Storage {
+            root,
+            shared: Arc::new(Shared {
+                cache: cache::MapCache::new(config.max_mapped_files),
+                next_id: AtomicU64::new(1),
+                flusher,
+            }),
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Opens (creating if needed) the log `name`, a relative path of plain components such
+    /// as `topics/orders/0`, and recovers it.
+    pub fn open_log(&self, name: &str, config: LogConfig) -> Result<Arc<Log>> {
+        let dir = self.log_dir(name)?;
+        let interval = match config.durability {
+            Durability::Interval(d) => Some(d),
+            _ => None,
+        };
+        let log = Arc::new(Log::open(
+            Arc::clone(&self.shared),
+            dir,
+            name.to_string(),
+            config,
+        )?);
+        if let Some(every) = interval {
+            self.shared.flusher.register(&log, every);
+        }
+        Ok(log)
+    }
+
+    /// Deletes a log's files. The log must no longer be appended to; readers holding views
+    /// keep them (unlinked files stay mapped).
+    pub fn delete_log(&self, log: &Log) -> Result<()> {
+        log.forget_maps();
+        let dir = log.dir().to_path_buf();
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &dir, e)),
+        }
+        if let Some(parent) = dir.parent() {
+            log::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Files currently mapped by the shared cache (closed segments and indexes).
+    pub fn cached_maps(&self) -> usize {
+        self.shared.cache.len()
+    }
+
+    fn log_dir(&self, name: &str) -> Result<PathBuf> {
+        let invalid = |reason| Error::InvalidName {
+            name: name.to_string(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(invalid("empty"));
+        }
+        let path = Path::new(name);
+        for c in path.components() {
+            match c {
+                Component::Normal(s) => {
+                    let s = s.to_str().ok_or_else(|| invalid("not UTF-8"))?;
+                    if !s
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    {
+                        return Err(invalid("components may hold only A-Z a-z 0-9 . _ -"));
+                    }
+                    if s == "." || s == ".." {
+                        return Err(invalid("`.` and `..` are not names"));
+                    }
+                }
+                _ => return Err(invalid("must be a relative path of plain components")),
+            }
+        }
+        Ok(self.root.join(path))
+    }
+}

@@ -1,0 +1,158 @@
+//! Unit tests of the log: roll, read, reopen, retention, time lookups, truncation.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{Durability, LogConfig, ProducerStamp, Record, Storage, StorageConfig};
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        index_interval_bytes: 512,
+        preallocate_bytes: 16 * 1024,
+        durability: Durability::Never,
+        ..LogConfig::default()
+    }
+}
+
+fn record(i: u64, ts: i64) -> Record {
+    Record {
+        key: Bytes::from(format!("k{i}")),
+        value: Bytes::from(format!("value-{i}-{}", "x".repeat(100))),
+        headers: vec![],
+        timestamp_ms: ts,
+    }
+}
+
+#[test]
+fn appends_roll_segments_and_read_back_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", small_config()).unwrap();
+    let mut next = 0;
+    for b in 0..300u64 {
+        let recs: Vec<_> = (0..5).map(|i| record(next + i, 1000 + b as i64)).collect();
+        let a = log.append(&recs, ProducerStamp::default()).unwrap();
+        assert_eq!(a.base_offset, next);
+        next += 5;
+    }
+    assert!(log.segment_count() > 2, "segments: {}", log.segment_count());
+    let all = log.read(0, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(all.len(), 1500);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.offset, i as u64);
+        assert_eq!(r.key, Bytes::from(format!("k{i}")));
+    }
+    let mid = log.read(777, 3, usize::MAX).unwrap();
+    assert_eq!(
+        mid.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![777, 778, 779]
+    );
+    assert_eq!(log.offset_for_timestamp(1000 + 150).unwrap(), 750);
+    drop(log);
+    drop(storage);
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", small_config()).unwrap();
+    assert_eq!(log.end_offset(), 1500);
+    assert_eq!(log.read(1234, 1, usize::MAX).unwrap()[0].offset, 1234);
+    assert_eq!(log.offset_for_timestamp(1000 + 299).unwrap(), 1495);
+    assert_eq!(log.offset_for_timestamp(5000).unwrap(), 1500);
+    assert!(log.verify().unwrap().is_empty());
+}
+
+#[test]
+fn retention_by_bytes_deletes_oldest_segments_and_moves_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let config = LogConfig {
+        retention_bytes: Some(128 * 1024),
+        retention: Some(Duration::from_secs(3600)),
+        ..small_config()
+    };
+    let log = storage.open_log("t/0", config).unwrap();
+    for i in 0..3000 {
+        log.append(&[record(i, 1)], ProducerStamp::default())
+            .unwrap();
+    }
+    let before = log.size_bytes();
+    let deleted = log.enforce_retention(10).unwrap();
+    assert!(deleted > 0);
+    assert!(log.size_bytes() >= 128 * 1024 && log.size_bytes() < before);
+    let start = log.start_offset();
+    assert!(start > 0);
+    assert!(matches!(
+        log.read(0, 1, 1),
+        Err(crate::Error::OffsetOutOfRange { start: s, .. }) if s == start
+    ));
+    assert_eq!(log.read(start, 1, 1).unwrap()[0].offset, start);
+    // Every record is older than an hour at "now" = 2 hours: all closed segments go.
+    log.enforce_retention(2 * 3600 * 1000).unwrap();
+    assert_eq!(log.segment_count(), 1);
+}
+
+#[test]
+fn truncate_then_append_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", small_config()).unwrap();
+    for i in 0..2000 {
+        log.append(&[record(i, 1)], ProducerStamp::default())
+            .unwrap();
+    }
+    let view = log.read(1500, 1, 1).unwrap();
+    log.truncate(1000).unwrap();
+    assert_eq!(
+        view[0].key,
+        Bytes::from("k1500"),
+        "live views keep their bytes"
+    );
+    assert_eq!(log.end_offset(), 1000);
+    assert!(log.read(1000, 1, 1).unwrap().is_empty());
+    log.append(&[record(9999, 1)], ProducerStamp::default())
+        .unwrap();
+    drop(log);
+    drop(storage);
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", small_config()).unwrap();
+    assert_eq!(log.end_offset(), 1001);
+    assert_eq!(log.read(1000, 1, 1).unwrap()[0].key, Bytes::from("k9999"));
+}
+
+#[test]
+fn second_process_lock_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let _s = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    assert!(matches!(
+        Storage::open(dir.path(), StorageConfig::default()),
+        Err(crate::Error::Locked { .. })
+    ));
+}
+
+#[test]
+fn idempotent_retry_is_a_duplicate_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = |s| ProducerStamp {
+        producer_id: 42,
+        producer_epoch: 0,
+        sequence: s,
+    };
+    {
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let log = storage.open_log("t/0", small_config()).unwrap();
+        for s in 0..1000 {
+            log.append(&[record(s, 1)], stamp(s)).unwrap();
+        }
+    }
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", small_config()).unwrap();
+    let again = log.append(&[record(999, 1)], stamp(999)).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.base_offset, 999);
+    assert_eq!(log.end_offset(), 1000);
+    assert!(
+        !log.append(&[record(1000, 1)], stamp(1000))
+            .unwrap()
+            .duplicate
+    );
+}

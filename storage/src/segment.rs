@@ -1,0 +1,488 @@
+//! One segment: a `.log` file of batches plus its `.index` and `.timeindex`.
+//!
+//! A segment is *active* while the log appends to it: it keeps its indexes in memory and
+//! maps its file itself, remapping as the file grows. Once closed it is immutable: its files
+//! are mapped through the shared [`MapCache`] on demand and it holds no descriptor.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::cache::{FileKind, MapCache};
+use crate::error::{Error, Result};
+use crate::index::{self, OffsetEntry, TimeEntry};
+use crate::mmap::MappedFile;
+
+/// `i64::MIN` marks "not known yet" for a closed segment's newest timestamp.
+const UNKNOWN_TS: i64 = i64::MIN;
+
+/// File name of a segment file: the base offset in 20 digits and the extension.
+pub fn file_name(base: u64, ext: &str) -> String {
+    format!("{base:020}.{ext}")
+}
+
+/// Parses `<20 digits>.log` back into a base offset.
+pub fn parse_log_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// In-memory indexes of the active segment, encoded exactly as on disk.
+#[derive(Default)]
+pub struct ActiveIndex {
+    pub offsets: Vec<u8>,
+    pub times: Vec<u8>,
+}
+
+struct ActiveFile {
+    file: Arc<File>,
+    map: Option<Arc<MappedFile>>,
+}
+
+pub struct Segment {
+    pub base: u64,
+    /// Process-unique id, the key of this segment's maps in the cache.
+    pub id: u64,
+    pub log_path: PathBuf,
+    pub index_path: PathBuf,
+    pub time_path: PathBuf,
+    /// Published length in bytes: every byte below it is a complete batch, never rewritten.
+    len: AtomicU64,
+    /// The offset after the last published batch.
+    end: AtomicU64,
+    /// Newest timestamp in the segment, or `UNKNOWN_TS`.
+    max_ts: AtomicI64,
+    active: RwLock<Option<ActiveIndex>>,
+    file: Mutex<Option<ActiveFile>>,
+}
+
+/// Where a scan for an offset or a time starts.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanStart {
+    pub pos: usize,
+    pub offset: u64,
+}
+
+impl Segment {
+    fn paths(dir: &Path, base: u64) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            dir.join(file_name(base, "log")),
+            dir.join(file_name(base, "index")),
+            dir.join(file_name(base, "timeindex")),
+        )
+    }
+
+    /// A closed segment found on disk: `len` bytes, offsets `base..end`.
+    pub fn closed(dir: &Path, base: u64, id: u64, len: u64, end: u64) -> Segment {
+        let (log_path, index_path, time_path) = Self::paths(dir, base);
+        Segment {
+            base,
+            id,
+            log_path,
+            index_path,
+            time_path,
+            len: AtomicU64::new(len),
+            end: AtomicU64::new(end),
+            max_ts: AtomicI64::new(UNKNOWN_TS),
+            active: RwLock::new(None),
+            file: Mutex::new(None),
+        }
+    }
+
+    /// The segment being appended to.
+    #[allow(clippy::too_many_arguments)]
+    pub fn active(
+        dir: &Path,
+        base: u64,
+        id: u64,
+        file: Arc<File>,
+        len: u64,
+        end: u64,
+        max_ts: i64,
+        index: ActiveIndex,
+    ) -> Segment {
+        let (log_path, index_path, time_path) = Self::paths(dir, base);
+        Segment {
+            base,
+            id,
+            log_path,
+            index_path,
+            time_path,
+            len: AtomicU64::new(len),
+            end: AtomicU64::new(end),
+            max_ts: AtomicI64::new(max_ts),
+            active: RwLock::new(Some(index)),
+            file: Mutex::new(Some(ActiveFile { file, map: None })),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.read().is_some()
+    }
+
+    /// Publishes a batch the writer has put in place: first the bytes, then the offsets.
+    pub fn publish(&self, len: u64, end: u64, max_ts: i64) {
+        self.len.store(len, Ordering::Release);
+        self.end.store(end, Ordering::Release);
+        self.max_ts.fetch_max(max_ts, Ordering::AcqRel);
+    }
+
+    /// Adds index entries of the active segment (after the batch is published).
+    pub fn push_index(&self, offset: Option<OffsetEntry>, time: Option<TimeEntry>) {
+        if let Some(idx) = self.active.write().as_mut() {
+            if let Some(e) = offset {
+                e.encode(&mut idx.offsets);
+            }
+            if let Some(e) = time {
+                e.encode(&mut idx.times);
+            }
+        }
+    }
+
+    /// A copy of the active indexes, to rewrite the index files.
+    pub fn active_index_bytes(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.active
+            .read()
+            .as_ref()
+            .map(|i| (i.offsets.clone(), i.times.clone()))
+    }
+
+    /// Marks the segment closed: from now on it is read through the cache.
+    pub fn close(&self) {
+        *self.active.write() = None;
+        *self.file.lock() = None;
+    }
+
+    /// A view of the published bytes.
+    pub fn data(&self, cache: &MapCache) -> Result<Bytes> {
+        let len = self.len() as usize;
+        {
+            let mut guard = self.file.lock();
+            if let Some(af) = guard.as_mut() {
+                let stale = af.map.as_ref().is_none_or(|m| m.len() < len);
+                if stale {
+                    let file_len = af
+                        .file
+                        .metadata()
+                        .map_err(|e| Error::io("stat", &self.log_path, e))?
+                        .len();
+                    let map = MappedFile::map(&af.file, file_len)
+                        .map_err(|e| Error::io("mmap", &self.log_path, e))?;
+                    map.advise_sequential();
+                    af.map = Some(map);
+                }
+                let map = af.map.as_ref().expect("mapped above");
+                return map
+                    .view(0, len)
+                    .map_err(|e| Error::io("view", &self.log_path, e));
+            }
+        }
+        let all = cache
+            .get(self.id, FileKind::Log, &self.log_path)
+            .map_err(|e| Error::io("map", &self.log_path, e))?;
+        Ok(all.slice(..len.min(all.len())))
+    }
+
+    /// The offset entry at or below `rel` (`Err` when a closed segment's index is unusable).
+    fn lookup_offset(&self, cache: &MapCache, rel: u32) -> Result<Option<OffsetEntry>, ()> {
+        if let Some(idx) = self.active.read().as_ref() {
+            return Ok(index::offset_lookup(&idx.offsets, rel));
+        }
+        let idx = cache
+            .get(self.id, FileKind::Index, &self.index_path)
+            .map_err(|_| ())?;
+        if index::valid_offset_prefix(&idx, self.len()) != idx.len() {
+            return Err(());
+        }
+        Ok(index::offset_lookup(&idx, rel))
+    }
+
+    /// The closed segment's time index, if well formed.
+    fn closed_time_index(&self, cache: &MapCache) -> Option<Bytes> {
+        let idx = cache
+            .get(self.id, FileKind::TimeIndex, &self.time_path)
+            .ok()?;
+        let rel_end = self.end().saturating_sub(self.base);
+        (index::valid_time_prefix(&idx, rel_end) == idx.len()).then_some(idx)
+    }
+
+    /// Where to start scanning for `offset`: the closest indexed batch at or below it,
+    /// checked against the log. An index that disagrees is rebuilt.
+    pub fn locate(&self, cache: &MapCache, data: &Bytes, offset: u64) -> ScanStart {
+        let from_start = ScanStart {
+            pos: 0,
+            offset: self.base,
+        };
+        let rel = u32::try_from(offset.saturating_sub(self.base)).unwrap_or(u32::MAX);
+        match self.lookup_offset(cache, rel) {
+            Err(()) => {
+                self.rebuild_indexes(cache, data);
+                from_start
+            }
+            Ok(None) => from_start,
+            Ok(Some(e)) => {
+                let pos = e.pos as usize;
+                let at = self.base + u64::from(e.rel);
+                match data.get(pos..).map(batch::decode_header) {
+                    Some(Ok(h)) if h.base_offset == at => ScanStart { pos, offset: at },
+                    _ => {
+                        self.rebuild_indexes(cache, data);
+                        from_start
+                    }
+                }
+            }
+        }
+    }
+
+    /// Newest timestamp in the segment (from the time index once closed).
+    pub fn max_timestamp(&self, cache: &MapCache) -> i64 {
+        let known = self.max_ts.load(Ordering::Acquire);
+        if known != UNKNOWN_TS || self.is_active() {
+            return known;
+        }
+        let from_index = self
+            .closed_time_index(cache)
+            .and_then(|idx| index::last_time_entry(&idx))
+            .map(|e| e.ts);
+        let ts = match from_index {
+            Some(ts) => ts,
+            None => match self.data(cache) {
+                Ok(data) => self.rebuild_indexes(cache, &data).unwrap_or(UNKNOWN_TS),
+                Err(_) => UNKNOWN_TS,
+            },
+        };
+        self.max_ts.fetch_max(ts, Ordering::AcqRel);
+        ts
+    }
+
+    /// Relative offset where a scan for the first record at or after `ts` may start.
+    pub fn time_start(&self, cache: &MapCache, ts: i64) -> u64 {
+        let found = match self.active.read().as_ref() {
+            Some(idx) => index::time_lookup(&idx.times, ts),
+            None => self
+                .closed_time_index(cache)
+                .and_then(|idx| index::time_lookup(&idx, ts)),
+        };
+        found.map_or(self.base, |e| self.base + u64::from(e.rel))
+    }
+
+    /// Rebuilds a closed segment's index files from its log (they are derived data) and
+    /// returns the segment's newest timestamp. Best effort: on failure reads still work by
+    /// scanning from the start.
+    pub fn rebuild_indexes(&self, cache: &MapCache, data: &Bytes) -> Option<i64> {
+        if self.is_active() {
+            return None;
+        }
+        tracing::warn!(segment = %self.log_path.display(), "index disagrees with the log; rebuilding it");
+        let built = build_indexes(data, self.base, 4096);
+        let write = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
+            let tmp = path.with_extension("rebuild.tmp");
+            std::fs::write(&tmp, bytes)?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write(&self.index_path, &built.offsets)
+            .and_then(|()| write(&self.time_path, &built.times))
+        {
+            tracing::error!(segment = %self.log_path.display(), error = %e, "could not rewrite index");
+        }
+        cache.forget(self.id);
+        (built.max_ts != UNKNOWN_TS).then_some(built.max_ts)
+    }
+}
+
+/// Indexes derived from a scan of whole, valid batches.
+pub struct BuiltIndexes {
+    pub offsets: Vec<u8>,
+    pub times: Vec<u8>,
+    pub max_ts: i64,
+}
+
+/// Builds both indexes for the valid batches of `data` (stopping at the first invalid one).
+pub fn build_indexes(data: &[u8], base: u64, interval: u32) -> BuiltIndexes {
+    let mut b = scan_indexes(data, base, interval).0;
+    b.final_time_entry();
+    BuiltIndexes {
+        offsets: b.offsets,
+        times: b.times,
+        max_ts: b.max_ts,
+    }
+}
+
+/// Scans the valid batches of `data` from the start, returning the index state and the
+/// valid length.
+pub fn scan_indexes(data: &[u8], base: u64, interval: u32) -> (IndexBuilder, usize) {
+    let mut b = IndexBuilder::new(interval);
+    let mut pos = 0;
+    let mut expected = base;
+    while pos < data.len() {
+        let Probe::Batch(h) = probe(data, pos, expected) else {
+            break;
+        };
+        b.observe(pos as u64, (h.base_offset - base) as u32, &h);
+        pos += h.total_len;
+        expected = h.next_offset();
+    }
+    (b, pos)
+}
+
+/// The rule deciding when a batch gets index entries, shared by the writer and recovery.
+pub struct IndexBuilder {
+    interval: u64,
+    pub offsets: Vec<u8>,
+    pub times: Vec<u8>,
+    pub last_offset_pos: u64,
+    pub last_time_pos: Option<u64>,
+    pub max_ts: i64,
+    /// Relative offset of the batch that reached `max_ts`.
+    pub max_rel: u32,
+    /// Timestamp of the last time entry emitted.
+    pub last_time_ts: i64,
+}
+
+impl IndexBuilder {
+    pub fn new(interval: u32) -> IndexBuilder {
+        IndexBuilder {
+            interval: u64::from(interval),
+            offsets: Vec::new(),
+            times: Vec::new(),
+            last_offset_pos: 0,
+            last_time_pos: None,
+            max_ts: UNKNOWN_TS,
+            max_rel: 0,
+            last_time_ts: UNKNOWN_TS,
+        }
+    }
+
+    /// The entry that records the segment's final maximum when it closes, if the sparse
+    /// entries have not recorded it yet.
+    pub fn final_time_entry(&mut self) -> Option<TimeEntry> {
+        if self.max_ts == UNKNOWN_TS || self.max_ts <= self.last_time_ts {
+            return None;
+        }
+        let e = TimeEntry {
+            ts: self.max_ts,
+            rel: self.max_rel,
+        };
+        e.encode(&mut self.times);
+        self.last_time_ts = self.max_ts;
+        Some(e)
+    }
+
+    /// Entries the batch at `pos` (relative offset `rel`) earns; also appended to the
+    /// builder's own buffers.
+    pub fn observe(
+        &mut self,
+        pos: u64,
+        rel: u32,
+        h: &BatchHeader,
+    ) -> (Option<OffsetEntry>, Option<TimeEntry>) {
+        let mut out = (None, None);
+        if pos > 0 && pos - self.last_offset_pos >= self.interval {
+            let e = OffsetEntry {
+                rel,
+                pos: pos as u32,
+            };
+            e.encode(&mut self.offsets);
+            self.last_offset_pos = pos;
+            out.0 = Some(e);
+        }
+        if h.max_timestamp_ms > self.max_ts {
+            self.max_ts = h.max_timestamp_ms;
+            self.max_rel = rel;
+            if self.last_time_pos.is_none_or(|p| pos - p >= self.interval) {
+                let e = TimeEntry {
+                    ts: h.max_timestamp_ms,
+                    rel,
+                };
+                e.encode(&mut self.times);
+                self.last_time_pos = Some(pos);
+                self.last_time_ts = e.ts;
+                out.1 = Some(e);
+            }
+        }
+        out
+    }
+}
+
+/// The outcome of checking the batch at `pos`.
+pub enum Probe {
+    Batch(BatchHeader),
+    /// Bytes at `pos` are not the batch expected there.
+    Damaged(String),
+}
+
+/// Checks the batch at `pos` of `data` fully (CRC included) and that it starts at `expected`.
+pub fn probe(data: &[u8], pos: usize, expected: u64) -> Probe {
+    match batch::check(&data[pos..]) {
+        Ok(h) if h.base_offset == expected => Probe::Batch(h),
+        Ok(h) => Probe::Damaged(format!(
+            "batch claims base offset {} where {expected} was expected",
+            h.base_offset
+        )),
+        Err(e) => Probe::Damaged(e.to_string()),
+    }
+}
+
+/// The next position after `from` holding a fully valid batch whose base offset lies in
+/// `min_offset..max_offset`: where reading can resume after damage.
+pub fn resync(
+    data: &[u8],
+    from: usize,
+    min_offset: u64,
+    max_offset: u64,
+) -> Option<(usize, BatchHeader)> {
+    let magic = batch::MAGIC.to_le_bytes();
+    let mut pos = from + 1;
+    while pos + batch::HEADER_LEN <= data.len() {
+        if data[pos + 12..pos + 16] == magic
+            && let Ok(h) = batch::check(&data[pos..])
+            && (min_offset..max_offset).contains(&h.base_offset)
+        {
+            return Some((pos, h));
+        }
+        pos += 1;
+    }
+    None
+}
+
+/// Decodes a header without the CRC check, for hopping over trusted bytes.
+pub fn hop(data: &[u8], pos: usize) -> Result<BatchHeader, BatchError> {
+    let h = batch::decode_header(&data[pos..])?;
+    if pos + h.total_len > data.len() {
+        return Err(BatchError::Truncated {
+            needed: h.total_len,
+            available: data.len() - pos,
+        });
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(file_name(42, "log"), "00000000000000000042.log");
+        assert_eq!(parse_log_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_log_name("42.log"), None);
+        assert_eq!(parse_log_name("00000000000000000042.index"), None);
+        assert_eq!(parse_log_name("0000000000000000004x.log"), None);
+    }
+}
