@@ -1,46 +1,99 @@
-//! `spoold`: for now it opens and recovers the data directory and reports what it found.
-//! Serving the gRPC API comes next; this binary does not pretend to serve anything.
+//! `spoold`, the Spool broker.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use spool_storage::{LogConfig, Storage, StorageConfig};
+use spool_broker::BrokerConfig;
 
-#[derive(Parser)]
-#[command(version, about = "The Spool broker")]
-struct Args {
-    /// Data directory.
-    #[arg(long, env = "SPOOL_DATA_DIR", default_value = "./spool-data")]
-    data_dir: PathBuf,
+/// The Spool broker: a durable, append-only message broker with a gRPC API.
+///
+/// Every flag can also be given as a SPOOL_* environment variable or as a key of the TOML
+/// file passed with --config (flags win over the environment, which wins over the file).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML configuration file (same keys as the flags, plus [topic_defaults]).
+    #[arg(long, env = "SPOOL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./spool-data].
+    #[arg(long, env = "SPOOL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7450].
+    #[arg(long, env = "SPOOL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Prometheus metrics listen address [default: 127.0.0.1:7451].
+    #[arg(long, env = "SPOOL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Largest gRPC request in bytes [default: 67108864].
+    #[arg(long, env = "SPOOL_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<usize>,
+    /// How often retention runs, in milliseconds [default: 60000].
+    #[arg(long, env = "SPOOL_RETENTION_CHECK_MS")]
+    retention_check_ms: Option<u64>,
+    /// Default fsync policy of new topics: always, interval or never [default: always].
+    #[arg(long, env = "SPOOL_FSYNC")]
+    fsync: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SPOOL_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
-    let storage = Storage::open(&args.data_dir, StorageConfig::default())
-        .with_context(|| format!("opening data directory {}", args.data_dir.display()))?;
-    let topics = args.data_dir.join("topics");
-    let mut logs = 0;
-    if let Ok(entries) = std::fs::read_dir(&topics) {
-        for topic in entries.flatten() {
-            for part in std::fs::read_dir(topic.path())?.flatten() {
-                let name = format!(
-                    "topics/{}/{}",
-                    topic.file_name().to_string_lossy(),
-                    part.file_name().to_string_lossy()
-                );
-                let log = storage.open_log(&name, LogConfig::default())?;
-                let r = log.open_report();
-                tracing::info!(log = %name, start = r.start_offset, end = r.end_offset, segments = r.segments, dropped_bytes = r.dropped_bytes, "recovered");
-                logs += 1;
-            }
-        }
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => BrokerConfig::from_file(path).map_err(anyhow::Error::msg)?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(v) = cli.data_dir {
+        config.data_dir = v;
     }
-    tracing::info!(data_dir = %args.data_dir.display(), logs, "data directory recovered; the gRPC server is not built yet");
-    Ok(())
+    if let Some(v) = cli.listen {
+        config.listen = v;
+    }
+    if let Some(v) = cli.metrics_listen {
+        config.metrics_listen = v;
+    }
+    if let Some(v) = cli.max_request_bytes {
+        config.max_request_bytes = v;
+    }
+    if let Some(v) = cli.retention_check_ms {
+        config.retention_check_ms = v;
+    }
+    if let Some(v) = cli.fsync {
+        config.topic_defaults.fsync = v;
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        spool_broker::server::run(config, shutdown_signal())
+            .await
+            .context("spoold failed")
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

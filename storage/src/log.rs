@@ -302,7 +302,15 @@ impl Log {
 
     /// Appends `records` as one batch at the end of the log.
     pub fn append(&self, records: &[Record], producer: ProducerStamp) -> Result<Appended> {
-        self.append_inner(None, records, producer)
+        self.append_inner(None, records, producer, true)
+    }
+
+    /// Appends like [`Log::append`] but returns once the batch is written and visible,
+    /// without waiting for the durability policy: the caller calls [`Log::sync_to`] for
+    /// `base_offset + record_count` when the policy is [`Durability::Always`]. This lets a
+    /// pipelined caller keep the order of its writes while their fsyncs overlap.
+    pub fn append_unsynced(&self, records: &[Record], producer: ProducerStamp) -> Result<Appended> {
+        self.append_inner(None, records, producer, false)
     }
 
     /// Appends `records` as one batch that must start at `offset` (a follower's path).
@@ -312,7 +320,7 @@ impl Log {
         records: &[Record],
         producer: ProducerStamp,
     ) -> Result<Appended> {
-        self.append_inner(Some(offset), records, producer)
+        self.append_inner(Some(offset), records, producer, true)
     }
 
     fn append_inner(
@@ -320,6 +328,7 @@ impl Log {
         at: Option<u64>,
         records: &[Record],
         producer: ProducerStamp,
+        sync: bool,
     ) -> Result<Appended> {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
@@ -384,7 +393,7 @@ impl Log {
             }
         };
         let fsynced = match self.config.durability {
-            Durability::Always => {
+            Durability::Always if sync => {
                 self.sync_to(appended.base_offset + u64::from(appended.record_count))?;
                 true
             }

@@ -1,0 +1,149 @@
+//! Broker configuration: command-line flags, `SPOOL_*` environment variables and a TOML
+//! file, in that order of precedence, over built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use spool_storage::config::MIN_SEGMENT_BYTES;
+
+/// Topic settings used where a topic's own config leaves a field at 0.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicDefaults {
+    /// Per-partition retention by size; 0 keeps everything.
+    pub retention_bytes: u64,
+    /// Retention by age in milliseconds; 0 keeps everything.
+    pub retention_ms: u64,
+    pub segment_bytes: u64,
+    /// `always`, `interval` or `never`.
+    pub fsync: String,
+    pub fsync_interval_ms: u64,
+    pub max_record_bytes: u32,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            retention_bytes: 0,
+            retention_ms: 0,
+            segment_bytes: 128 * 1024 * 1024,
+            fsync: "always".into(),
+            fsync_interval_ms: 1000,
+            max_record_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Everything the broker needs to run.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; bind it to loopback unless the network is trusted.
+    pub metrics_listen: SocketAddr,
+    /// Largest gRPC request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Most partitions a topic may have.
+    pub max_partitions: u32,
+    /// Default and cap of `max_records` for reads and subscriptions.
+    pub default_max_records: u32,
+    /// Default and cap of `max_bytes` for reads and subscription batches.
+    pub default_max_bytes: u32,
+    /// Longest long poll a Read may ask for, in milliseconds.
+    pub max_wait_ms: u32,
+    /// Responses buffered per Subscribe/Consume stream before HTTP/2 backpressure applies.
+    pub stream_buffer: usize,
+    /// How often retention runs, in milliseconds.
+    pub retention_check_ms: u64,
+    /// Most AppendStream requests in flight per stream.
+    pub max_in_flight_appends: usize,
+    /// Closed segment files mapped at once.
+    pub max_mapped_files: usize,
+    pub topic_defaults: TopicDefaults,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("./spool-data"),
+            listen: "127.0.0.1:7450".parse().expect("valid address"),
+            metrics_listen: "127.0.0.1:7451".parse().expect("valid address"),
+            max_request_bytes: 64 * 1024 * 1024,
+            max_partitions: 10_000,
+            default_max_records: 1000,
+            default_max_bytes: 1024 * 1024,
+            max_wait_ms: 30_000,
+            stream_buffer: 16,
+            retention_check_ms: 60_000,
+            max_in_flight_appends: 1024,
+            max_mapped_files: 4096,
+            topic_defaults: TopicDefaults::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Reads a TOML file; unknown keys are errors so typos do not pass silently.
+    pub fn from_file(path: &Path) -> Result<BrokerConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Checks values the broker cannot run with.
+    pub fn validate(&self) -> Result<(), String> {
+        let d = &self.topic_defaults;
+        if !matches!(d.fsync.as_str(), "always" | "interval" | "never") {
+            return Err(format!(
+                "topic_defaults.fsync must be always, interval or never, not {:?}",
+                d.fsync
+            ));
+        }
+        if d.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(format!(
+                "topic_defaults.segment_bytes must be at least {MIN_SEGMENT_BYTES}"
+            ));
+        }
+        if self.max_request_bytes < 1024 {
+            return Err("max_request_bytes must be at least 1024".into());
+        }
+        if self.max_partitions == 0 || self.stream_buffer == 0 || self.max_in_flight_appends == 0 {
+            return Err(
+                "max_partitions, stream_buffer and max_in_flight_appends must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn retention_check(&self) -> Duration {
+        Duration::from_millis(self.retention_check_ms.max(100))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c: BrokerConfig =
+            toml::from_str("listen = \"0.0.0.0:9000\"\n[topic_defaults]\nfsync = \"never\"\n")
+                .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.topic_defaults.fsync, "never");
+        assert_eq!(c.max_request_bytes, 64 * 1024 * 1024);
+        assert!(toml::from_str::<BrokerConfig>("lisen = \"x\"").is_err());
+        let bad = BrokerConfig {
+            topic_defaults: TopicDefaults {
+                fsync: "sometimes".into(),
+                ..TopicDefaults::default()
+            },
+            ..BrokerConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! The Spool broker: the `spool.v1` gRPC API over the storage engine.
+//!
+//! # Layout
+//! - `config`: flags, environment and TOML configuration.
+//! - `registry`: topics, their settings on disk and their partitions' logs.
+//! - `offsets`: committed offsets, durable on an internal log.
+//! - `groups`: consumer group membership and assignment.
+//! - `service/`: the RPC handlers, one file per family; `service/status.rs` maps errors to
+//!   gRPC codes in one place.
+//! - `metrics`: Prometheus metrics at `/metrics`.
+//! - `server`: start-up, serving, retention, graceful shutdown.
+//! - `error`: the broker's error enum.
+//!
+//! # Invariants
+//! - An append is answered only after its batch reached the topic's durability.
+//! - No lock is held across an `.await`; blocking file work runs on the blocking pool.
+//! - Every stream queue is bounded: a slow client costs bounded memory.
+
+pub mod config;
+pub mod error;
+pub mod groups;
+pub mod metrics;
+pub mod offsets;
+pub mod registry;
+pub mod server;
+pub mod service;
+
+pub use config::BrokerConfig;
+pub use error::{Error, Result};
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

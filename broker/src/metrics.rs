@@ -1,0 +1,214 @@
+//! Prometheus metrics, served as text at `/metrics` on the metrics address.
+//!
+//! Counters and histograms are updated on the request paths; per-partition end offsets and
+//! per-group lag are gauges refreshed from the registry at each scrape, so deleted topics
+//! disappear from the output.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as PromRegistry;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Inner;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+}
+
+/// Every metric the broker exports.
+pub struct Metrics {
+    registry: PromRegistry,
+    pub appended_records: Family<TopicLabel, Counter>,
+    pub appended_bytes: Family<TopicLabel, Counter>,
+    pub read_bytes: Family<TopicLabel, Counter>,
+    pub append_latency: Histogram,
+    pub fsync_latency: Histogram,
+    pub active_subscriptions: Gauge,
+    pub data_loss_errors: Counter,
+    end_offset: Family<PartitionLabels, Gauge>,
+    consumer_lag: Family<LagLabels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~84 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 24))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = PromRegistry::with_prefix("spool");
+        let m = Metrics {
+            appended_records: Family::default(),
+            appended_bytes: Family::default(),
+            read_bytes: Family::default(),
+            append_latency: latency_histogram(),
+            fsync_latency: latency_histogram(),
+            active_subscriptions: Gauge::default(),
+            data_loss_errors: Counter::default(),
+            end_offset: Family::default(),
+            consumer_lag: Family::default(),
+            registry: PromRegistry::default(),
+        };
+        registry.register(
+            "appended_records",
+            "Records appended",
+            m.appended_records.clone(),
+        );
+        registry.register(
+            "appended_bytes",
+            "Payload bytes appended (keys, values, headers)",
+            m.appended_bytes.clone(),
+        );
+        registry.register(
+            "read_bytes",
+            "Payload bytes served by Read, Subscribe and Consume",
+            m.read_bytes.clone(),
+        );
+        registry.register(
+            "append_latency_seconds",
+            "Append latency, from request to answer",
+            m.append_latency.clone(),
+        );
+        registry.register(
+            "fsync_latency_seconds",
+            "Time appends waited for their fsync",
+            m.fsync_latency.clone(),
+        );
+        registry.register(
+            "active_subscriptions",
+            "Open Subscribe and Consume streams",
+            m.active_subscriptions.clone(),
+        );
+        registry.register(
+            "data_loss_errors",
+            "Reads refused because stored data failed its checks",
+            m.data_loss_errors.clone(),
+        );
+        registry.register(
+            "partition_end_offset",
+            "End offset of each partition",
+            m.end_offset.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records between a group's committed offset and the end",
+            m.consumer_lag.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn observe_append(&self, topic: &str, records: u64, bytes: u64, took: Duration) {
+        let label = TopicLabel {
+            topic: topic.to_string(),
+        };
+        self.appended_records.get_or_create(&label).inc_by(records);
+        self.appended_bytes.get_or_create(&label).inc_by(bytes);
+        self.append_latency.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_read(&self, topic: &str, bytes: u64) {
+        self.read_bytes
+            .get_or_create(&TopicLabel {
+                topic: topic.to_string(),
+            })
+            .inc_by(bytes);
+    }
+
+    /// Refreshes the gauges and renders the text exposition format.
+    pub fn render(&self, inner: &Inner) -> String {
+        self.end_offset.clear();
+        self.consumer_lag.clear();
+        let topics = inner.registry.list();
+        for t in &topics {
+            for p in &t.partitions {
+                self.end_offset
+                    .get_or_create(&PartitionLabels {
+                        topic: t.name.clone(),
+                        partition: p.index,
+                    })
+                    .set(p.log.end_offset() as i64);
+            }
+        }
+        for (group, group_topics) in inner.offsets.groups() {
+            for name in group_topics {
+                let Ok(topic) = inner.registry.get(&name) else {
+                    continue;
+                };
+                let committed = inner.offsets.get(&group, &name);
+                for p in &topic.partitions {
+                    let end = p.log.end_offset();
+                    let from = committed
+                        .get(&p.index)
+                        .map_or(p.log.start_offset(), |c| c.offset);
+                    self.consumer_lag
+                        .get_or_create(&LagLabels {
+                            group: group.clone(),
+                            topic: name.clone(),
+                            partition: p.index,
+                        })
+                        .set(end.saturating_sub(from) as i64);
+                }
+            }
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "rendering metrics failed");
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    inner: Arc<Inner>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let inner = Arc::clone(&inner);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    inner.metrics.render(&inner),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// The address a metrics listener is bound to, for logging.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}

@@ -1,0 +1,341 @@
+//! Committed offsets, durable on an internal log of the storage engine.
+//!
+//! Every commit appends one record (key `group \0 topic \0 partition`, value the offset as
+//! u64 little-endian followed by the UTF-8 metadata; an empty value deletes) to the log
+//! `internal/offsets`, fsync'd before the commit is acknowledged (concurrent commits share
+//! the fsync). On start the log is replayed into memory; when it holds far more records
+//! than live entries it is compacted: the live entries are written to a fresh log, which
+//! then replaces the old one by directory renames (each step safe to crash in).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use spool_storage::{Durability, Log, LogConfig, ProducerStamp, Record, Storage};
+
+use crate::error::{Error, Result};
+use crate::registry::sync_dir;
+
+const LOG: &str = "internal/offsets";
+const COMPACT: &str = "internal/offsets.compact";
+const OLD: &str = "internal/offsets.old";
+
+/// A group's committed position in one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The next offset the group will read.
+    pub offset: u64,
+    pub metadata: String,
+}
+
+type Table = BTreeMap<String, BTreeMap<String, BTreeMap<u32, Committed>>>;
+
+/// The broker's committed offsets.
+pub struct OffsetStore {
+    log: Arc<Log>,
+    /// group → topic → partition → committed. Updated under the lock together with the
+    /// append, so the log's order and the table agree.
+    table: Mutex<Table>,
+}
+
+fn log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024 * 1024,
+        durability: Durability::Always,
+        max_record_bytes: 64 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+impl OffsetStore {
+    /// Opens (and if worthwhile compacts) the offsets log.
+    pub fn open(storage: &Storage) -> Result<OffsetStore> {
+        Self::open_with(storage, 10_000)
+    }
+
+    /// Opens the log, compacting it when it holds more than `2 × live + slack` records.
+    pub fn open_with(storage: &Storage, slack: u64) -> Result<OffsetStore> {
+        finish_interrupted_compaction(storage.root())?;
+        let log = storage.open_log(LOG, log_config())?;
+        let (table, records) = replay(&log)?;
+        let live: usize = table
+            .values()
+            .flat_map(|t| t.values())
+            .map(|p| p.len())
+            .sum();
+        if records > 2 * live as u64 + slack {
+            drop(log);
+            compact(storage, &table)?;
+            let log = storage.open_log(LOG, log_config())?;
+            tracing::info!(records, live, "compacted the offsets log");
+            return Ok(OffsetStore {
+                log,
+                table: Mutex::new(table),
+            });
+        }
+        Ok(OffsetStore {
+            log,
+            table: Mutex::new(table),
+        })
+    }
+
+    /// Commits durably (blocking: run off the async threads).
+    pub fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        metadata: &str,
+    ) -> Result<()> {
+        let record = encode(group, topic, partition, Some((offset, metadata)));
+        let end = {
+            let mut table = self.table.lock();
+            let a = self
+                .log
+                .append_unsynced(&[record], ProducerStamp::default())?;
+            table
+                .entry(group.to_string())
+                .or_default()
+                .entry(topic.to_string())
+                .or_default()
+                .insert(
+                    partition,
+                    Committed {
+                        offset,
+                        metadata: metadata.to_string(),
+                    },
+                );
+            a.base_offset + 1
+        };
+        self.log.sync_to(end)?;
+        Ok(())
+    }
+
+    /// A group's committed offsets on a topic.
+    pub fn get(&self, group: &str, topic: &str) -> BTreeMap<u32, Committed> {
+        self.table
+            .lock()
+            .get(group)
+            .and_then(|t| t.get(topic))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// One partition's committed offset.
+    pub fn get_one(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        self.table
+            .lock()
+            .get(group)?
+            .get(topic)?
+            .get(&partition)
+            .map(|c| c.offset)
+    }
+
+    /// Every group with the topics it has commits on.
+    pub fn groups(&self) -> BTreeMap<String, Vec<String>> {
+        self.table
+            .lock()
+            .iter()
+            .map(|(g, t)| (g.clone(), t.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// Deletes every commit on `topic` (the topic was deleted). Blocking.
+    pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        let mut tombstones = Vec::new();
+        {
+            let table = self.table.lock();
+            for (group, topics) in table.iter() {
+                if let Some(parts) = topics.get(topic) {
+                    for p in parts.keys() {
+                        tombstones.push(encode(group, topic, *p, None));
+                    }
+                }
+            }
+        }
+        if tombstones.is_empty() {
+            return Ok(());
+        }
+        let end = {
+            let mut table = self.table.lock();
+            let a = self
+                .log
+                .append_unsynced(&tombstones, ProducerStamp::default())?;
+            for topics in table.values_mut() {
+                topics.remove(topic);
+            }
+            table.retain(|_, t| !t.is_empty());
+            a.base_offset + u64::from(a.record_count)
+        };
+        self.log.sync_to(end)?;
+        Ok(())
+    }
+
+    pub fn close(&self) -> Result<()> {
+        Ok(self.log.close()?)
+    }
+}
+
+fn encode(group: &str, topic: &str, partition: u32, value: Option<(u64, &str)>) -> Record {
+    let key = format!("{group}\0{topic}\0{partition}");
+    let value = match value {
+        Some((offset, metadata)) => {
+            let mut v = Vec::with_capacity(8 + metadata.len());
+            v.extend_from_slice(&offset.to_le_bytes());
+            v.extend_from_slice(metadata.as_bytes());
+            Bytes::from(v)
+        }
+        None => Bytes::new(),
+    };
+    Record {
+        key: Bytes::from(key),
+        value,
+        headers: Vec::new(),
+        timestamp_ms: crate::now_ms(),
+    }
+}
+
+/// Replays the log into a table; returns it and the number of records read.
+fn replay(log: &Log) -> Result<(Table, u64)> {
+    let mut table = Table::new();
+    let mut next = log.start_offset();
+    let end = log.end_offset();
+    let mut records = 0u64;
+    while next < end {
+        let batch = log.read(next, 10_000, 16 * 1024 * 1024)?;
+        let Some(last) = batch.last() else { break };
+        next = last.offset + 1;
+        for r in batch {
+            records += 1;
+            let key = String::from_utf8_lossy(&r.key);
+            let mut parts = key.split('\0');
+            let (Some(group), Some(topic), Some(Ok(partition))) = (
+                parts.next(),
+                parts.next(),
+                parts.next().map(str::parse::<u32>),
+            ) else {
+                return Err(Error::Metadata {
+                    path: log.dir().to_path_buf(),
+                    reason: format!("offset record {} has a malformed key", r.offset),
+                });
+            };
+            let topics = table.entry(group.to_string()).or_default();
+            if r.value.is_empty() {
+                if let Some(t) = topics.get_mut(topic) {
+                    t.remove(&partition);
+                    if t.is_empty() {
+                        topics.remove(topic);
+                    }
+                }
+                if topics.is_empty() {
+                    table.remove(group);
+                }
+                continue;
+            }
+            if r.value.len() < 8 {
+                return Err(Error::Metadata {
+                    path: log.dir().to_path_buf(),
+                    reason: format!("offset record {} has a malformed value", r.offset),
+                });
+            }
+            let offset = u64::from_le_bytes(r.value[..8].try_into().expect("8 bytes"));
+            let metadata = String::from_utf8_lossy(&r.value[8..]).into_owned();
+            topics
+                .entry(topic.to_string())
+                .or_default()
+                .insert(partition, Committed { offset, metadata });
+        }
+    }
+    Ok((table, records))
+}
+
+fn compact(storage: &Storage, table: &Table) -> Result<()> {
+    let root = storage.root();
+    let compact_dir = root.join(COMPACT);
+    if compact_dir.exists() {
+        fs::remove_dir_all(&compact_dir).map_err(|e| Error::io("remove", &compact_dir, e))?;
+    }
+    {
+        let log = storage.open_log(COMPACT, log_config())?;
+        let mut batch = Vec::new();
+        for (group, topics) in table {
+            for (topic, parts) in topics {
+                for (p, c) in parts {
+                    batch.push(encode(group, topic, *p, Some((c.offset, &c.metadata))));
+                    if batch.len() == 1000 {
+                        log.append_unsynced(&batch, ProducerStamp::default())?;
+                        batch.clear();
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            log.append_unsynced(&batch, ProducerStamp::default())?;
+        }
+        log.sync()?;
+        log.close()?;
+    }
+    let (live, old) = (root.join(LOG), root.join(OLD));
+    fs::rename(&live, &old).map_err(|e| Error::io("rename", &live, e))?;
+    fs::rename(&compact_dir, &live).map_err(|e| Error::io("rename", &compact_dir, e))?;
+    sync_dir(&root.join("internal"))?;
+    fs::remove_dir_all(&old).map_err(|e| Error::io("remove", &old, e))?;
+    Ok(())
+}
+
+/// Completes or rolls back a compaction a crash interrupted.
+fn finish_interrupted_compaction(root: &Path) -> Result<()> {
+    let (live, compact, old) = (root.join(LOG), root.join(COMPACT), root.join(OLD));
+    if !live.exists() && compact.exists() {
+        // Crashed between the two renames: the compacted log is complete.
+        fs::rename(&compact, &live).map_err(|e| Error::io("rename", &compact, e))?;
+    }
+    for dir in [compact, old] {
+        if dir.exists() && live.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spool_storage::StorageConfig;
+
+    #[test]
+    fn commits_survive_reopen_and_compaction_keeps_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+            let store = OffsetStore::open_with(&storage, 100).unwrap();
+            for i in 0..300u64 {
+                store
+                    .commit("g", "t", (i % 3) as u32, i, "m")
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            store.commit("g2", "other", 0, 5, "").unwrap();
+            store.delete_topic("other").unwrap();
+        }
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let store = OffsetStore::open_with(&storage, 100).unwrap();
+        let got = store.get("g", "t");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[&0].offset, 297);
+        assert_eq!(got[&2].offset, 299);
+        assert_eq!(got[&2].metadata, "m");
+        assert_eq!(store.get_one("g2", "other", 0), None);
+        assert!(!store.groups().contains_key("g2"));
+        drop(store);
+        let log = storage.open_log(LOG, log_config()).unwrap();
+        assert!(
+            log.end_offset() < 10,
+            "compaction ran: {} records",
+            log.end_offset()
+        );
+    }
+}

@@ -1,0 +1,430 @@
+//! Topics: their configuration on disk, their partitions' logs, and the wake-up channel
+//! each partition publishes its end offset on.
+//!
+//! On disk a topic is `topics/<name>/topic.json` plus one log directory per partition
+//! (`topics/<name>/<partition>/`). `topic.json` is written last on create (temporary file,
+//! fsync, rename, fsync the directory) and removed first on delete, so a crash in between
+//! leaves a directory without it, which the next start removes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use spool_storage::{Durability, Log, LogConfig, Storage};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::error::{Error, Result};
+
+/// Longest topic name.
+pub const MAX_TOPIC_NAME: usize = 249;
+const META_FILE: &str = "topic.json";
+const META_VERSION: u32 = 1;
+
+/// How a topic's partitions reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Always,
+    Interval,
+    Never,
+}
+
+impl Fsync {
+    pub fn parse(s: &str) -> Option<Fsync> {
+        match s {
+            "always" => Some(Fsync::Always),
+            "interval" => Some(Fsync::Interval),
+            "never" => Some(Fsync::Never),
+            _ => None,
+        }
+    }
+}
+
+/// A topic's effective settings: every default already filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSettings {
+    /// 0 = keep everything.
+    pub retention_bytes: u64,
+    /// 0 = keep everything.
+    pub retention_ms: u64,
+    pub segment_bytes: u64,
+    pub fsync: Fsync,
+    pub fsync_interval_ms: u64,
+    pub max_record_bytes: u32,
+}
+
+impl TopicSettings {
+    pub fn log_config(&self, max_request_bytes: usize) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            durability: match self.fsync {
+                Fsync::Always => Durability::Always,
+                Fsync::Interval => {
+                    Durability::Interval(Duration::from_millis(self.fsync_interval_ms.max(1)))
+                }
+                Fsync::Never => Durability::Never,
+            },
+            retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
+            retention: (self.retention_ms > 0).then(|| Duration::from_millis(self.retention_ms)),
+            // The broker checks payload sizes itself with a clear message; the log's limits
+            // are backstops that allow for the record framing.
+            max_record_bytes: u64::from(self.max_record_bytes) + 1024,
+            max_batch_bytes: (max_request_bytes as u64 + 64 * 1024).min(u64::from(u32::MAX)),
+            ..LogConfig::default()
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicMeta {
+    version: u32,
+    name: String,
+    partitions: u32,
+    config: TopicSettings,
+}
+
+/// One partition: its log and the channel that announces its end offset.
+pub struct Partition {
+    pub index: u32,
+    pub log: Arc<Log>,
+    end: Arc<watch::Sender<u64>>,
+}
+
+impl Partition {
+    fn new(index: u32, log: Arc<Log>) -> Partition {
+        let end = Arc::new(watch::Sender::new(log.end_offset()));
+        let tx = Arc::clone(&end);
+        log.add_listener(Box::new(move |offset| {
+            tx.send_replace(offset);
+        }));
+        Partition { index, log, end }
+    }
+
+    /// A receiver that wakes whenever the end offset changes.
+    pub fn watch_end(&self) -> watch::Receiver<u64> {
+        self.end.subscribe()
+    }
+}
+
+/// A topic and its open partitions.
+pub struct Topic {
+    pub name: String,
+    pub settings: TopicSettings,
+    pub partitions: Vec<Partition>,
+    /// Cancelled when the topic is deleted: streams on it end.
+    pub deleted: CancellationToken,
+    round_robin: AtomicU32,
+}
+
+impl Topic {
+    pub fn partition(&self, index: u32) -> Result<&Partition> {
+        self.partitions
+            .get(index as usize)
+            .ok_or_else(|| Error::PartitionNotFound {
+                topic: self.name.clone(),
+                partition: index,
+                partitions: self.partitions.len() as u32,
+            })
+    }
+
+    /// The partition an append goes to: explicit, else by key hash, else round-robin.
+    pub fn choose_partition(&self, explicit: Option<u32>, key: &[u8]) -> Result<&Partition> {
+        let n = self.partitions.len() as u32;
+        let index = match explicit {
+            Some(p) => p,
+            None if !key.is_empty() => spool_proto::partitioning::partition_for_key(key, n),
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        self.partition(index)
+    }
+}
+
+/// All topics of the broker.
+pub struct Registry {
+    storage: Arc<Storage>,
+    config: Arc<BrokerConfig>,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises create and delete (blocking file work, run off the async threads).
+    admin: Mutex<()>,
+}
+
+/// Checks a topic or group name: `[A-Za-z0-9._-]{1,249}`, never `.` or `..`.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_TOPIC_NAME {
+        return Err(Error::invalid(format!(
+            "{kind} name must be 1 to {MAX_TOPIC_NAME} characters, got {}",
+            name.len()
+        )));
+    }
+    if name == "." || name == ".." {
+        return Err(Error::invalid(format!(
+            "{kind} name may not be `.` or `..`"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::invalid(format!(
+            "{kind} name {name:?} contains {c:?}: use only A-Z a-z 0-9 . _ -"
+        )));
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Opens every topic found in the data directory, recovering its partitions.
+    pub fn open(storage: Arc<Storage>, config: Arc<BrokerConfig>) -> Result<Registry> {
+        let root = storage.root().join("topics");
+        fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        let mut topics = BTreeMap::new();
+        let entries = fs::read_dir(&root).map_err(|e| Error::io("list", &root, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &root, e))?;
+            let dir = entry.path();
+            let meta_path = dir.join(META_FILE);
+            if !meta_path.exists() {
+                tracing::warn!(dir = %dir.display(), "removing a topic directory without topic.json (an interrupted create or delete)");
+                fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+                continue;
+            }
+            let meta = read_meta(&meta_path)?;
+            let topic = open_topic(&storage, &config, meta)?;
+            topics.insert(topic.name.clone(), Arc::new(topic));
+        }
+        Ok(Registry {
+            storage,
+            config,
+            topics: RwLock::new(topics),
+            admin: Mutex::new(()),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    /// Resolves a requested config against the broker defaults.
+    pub fn settings_for(&self, req: &spool_proto::v1::TopicConfig) -> Result<TopicSettings> {
+        use spool_proto::v1::FsyncPolicy;
+        let d = &self.config.topic_defaults;
+        let fsync = match FsyncPolicy::try_from(req.fsync) {
+            Ok(FsyncPolicy::Unspecified) => Fsync::parse(&d.fsync).unwrap_or(Fsync::Always),
+            Ok(FsyncPolicy::Always) => Fsync::Always,
+            Ok(FsyncPolicy::Interval) => Fsync::Interval,
+            Ok(FsyncPolicy::Never) => Fsync::Never,
+            Err(_) => {
+                return Err(Error::invalid(format!(
+                    "config.fsync {} is not a FsyncPolicy value",
+                    req.fsync
+                )));
+            }
+        };
+        let or = |v: u64, default: u64| if v == 0 { default } else { v };
+        let max_record_bytes = if req.max_record_bytes == 0 {
+            d.max_record_bytes
+        } else {
+            req.max_record_bytes
+        };
+        if max_record_bytes as usize > self.config.max_request_bytes {
+            return Err(Error::invalid(format!(
+                "config.max_record_bytes {max_record_bytes} exceeds the broker's request limit of {} bytes",
+                self.config.max_request_bytes
+            )));
+        }
+        let segment_bytes = or(req.segment_bytes, d.segment_bytes)
+            .clamp(spool_storage::config::MIN_SEGMENT_BYTES, 1 << 30);
+        Ok(TopicSettings {
+            retention_bytes: or(req.retention_bytes, d.retention_bytes),
+            retention_ms: or(req.retention_ms, d.retention_ms),
+            segment_bytes,
+            fsync,
+            fsync_interval_ms: or(req.fsync_interval_ms, d.fsync_interval_ms),
+            max_record_bytes,
+        })
+    }
+
+    /// Creates a topic (blocking: run off the async threads).
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+    ) -> Result<Arc<Topic>> {
+        validate_name("topic", name)?;
+        if partitions == 0 || partitions > self.config.max_partitions {
+            return Err(Error::invalid(format!(
+                "partitions must be 1 to {}, got {partitions}",
+                self.config.max_partitions
+            )));
+        }
+        let _admin = self.admin.lock();
+        if self.topics.read().contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        let dir = self.topic_dir(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+        }
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let meta = TopicMeta {
+            version: META_VERSION,
+            name: name.to_string(),
+            partitions,
+            config: settings,
+        };
+        let topic = open_topic(&self.storage, &self.config, meta)?;
+        let meta = TopicMeta {
+            version: META_VERSION,
+            name: name.to_string(),
+            partitions,
+            config: topic.settings.clone(),
+        };
+        write_atomically(
+            &dir.join(META_FILE),
+            &serde_json::to_vec_pretty(&meta).expect("serialisable"),
+        )?;
+        sync_dir(&self.storage.root().join("topics"))?;
+        let topic = Arc::new(topic);
+        self.topics
+            .write()
+            .insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its files (blocking).
+    pub fn delete(&self, name: &str) -> Result<()> {
+        validate_name("topic", name)?;
+        let _admin = self.admin.lock();
+        let topic = self
+            .topics
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        topic.deleted.cancel();
+        let dir = self.topic_dir(name);
+        let meta = dir.join(META_FILE);
+        fs::remove_file(&meta).map_err(|e| Error::io("remove", &meta, e))?;
+        sync_dir(&dir)?;
+        for p in &topic.partitions {
+            self.storage.delete_log(&p.log)?;
+        }
+        fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+        sync_dir(&self.storage.root().join("topics"))?;
+        Ok(())
+    }
+
+    fn topic_dir(&self, name: &str) -> PathBuf {
+        self.storage.root().join("topics").join(name)
+    }
+
+    /// Flushes and closes every partition (clean shutdown).
+    pub fn close(&self) {
+        for topic in self.list() {
+            for p in &topic.partitions {
+                if let Err(e) = p.log.close() {
+                    tracing::error!(topic = %topic.name, partition = p.index, error = %e, "close failed");
+                }
+            }
+        }
+    }
+}
+
+fn open_topic(storage: &Storage, config: &BrokerConfig, meta: TopicMeta) -> Result<Topic> {
+    let log_config = meta.config.log_config(config.max_request_bytes);
+    let mut partitions = Vec::with_capacity(meta.partitions as usize);
+    for p in 0..meta.partitions {
+        let log = storage.open_log(&format!("topics/{}/{p}", meta.name), log_config.clone())?;
+        let r = log.open_report();
+        if r.dropped_bytes > 0 {
+            tracing::warn!(topic = %meta.name, partition = p, dropped_bytes = r.dropped_bytes, "recovery cut a torn tail");
+        }
+        partitions.push(Partition::new(p, log));
+    }
+    Ok(Topic {
+        name: meta.name,
+        settings: meta.config,
+        partitions,
+        deleted: CancellationToken::new(),
+        round_robin: AtomicU32::new(0),
+    })
+}
+
+fn read_meta(path: &Path) -> Result<TopicMeta> {
+    let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| Error::Metadata {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{e}; restore the file from a backup, or delete the topic's directory to drop the topic"
+        ),
+    })?;
+    if meta.version != META_VERSION {
+        return Err(Error::Metadata {
+            path: path.to_path_buf(),
+            reason: format!("unsupported version {}", meta.version),
+        });
+    }
+    let dir_name = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    if dir_name.as_deref() != Some(meta.name.as_str()) {
+        return Err(Error::Metadata {
+            path: path.to_path_buf(),
+            reason: format!(
+                "names topic {:?} but lives in directory {dir_name:?}",
+                meta.name
+            ),
+        });
+    }
+    Ok(meta)
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| Error::io("write", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated_with_a_reason() {
+        assert!(validate_name("topic", "orders.v1_eu-west").is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b", "é", &"x".repeat(250)] {
+            let e = validate_name("topic", bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}");
+        }
+        assert!(validate_name("topic", &"x".repeat(249)).is_ok());
+    }
+}

@@ -1,0 +1,182 @@
+//! Starting and stopping the broker: storage, topics, offsets, the gRPC server (with health
+//! and reflection), the metrics endpoint, retention, and a graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spool_proto::v1::broker_server::BrokerServer;
+use spool_storage::{Storage, StorageConfig};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics};
+use crate::offsets::OffsetStore;
+use crate::registry::Registry;
+use crate::service::{BrokerService, Inner};
+
+/// How long a shutdown waits for streams and in-flight requests before it stops anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the broker until `shutdown` resolves, then stops accepting, lets in-flight
+/// appends finish, ends open streams with `UNAVAILABLE`, flushes and closes the logs.
+pub async fn run(
+    config: BrokerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let config = Arc::new(config);
+    let storage_config = StorageConfig {
+        max_mapped_files: config.max_mapped_files,
+    };
+    let data_dir = config.data_dir.clone();
+    let cfg = Arc::clone(&config);
+    let (registry, offsets) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let storage = Arc::new(Storage::open(&data_dir, storage_config)?);
+        let offsets = OffsetStore::open(&storage)?;
+        let registry = Registry::open(Arc::clone(&storage), cfg)?;
+        Ok((registry, offsets))
+    })
+    .await??;
+    let topics = registry.list();
+    let (records, partitions): (u64, usize) = topics.iter().fold((0, 0), |(r, p), t| {
+        let n: u64 = t
+            .partitions
+            .iter()
+            .map(|p| p.log.end_offset() - p.log.start_offset())
+            .sum();
+        (r + n, p + t.partitions.len())
+    });
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        topics = topics.len(),
+        partitions,
+        records,
+        groups = offsets.groups().len(),
+        "recovered"
+    );
+    let token = CancellationToken::new();
+    let inner = Arc::new(Inner {
+        config: Arc::clone(&config),
+        registry,
+        offsets,
+        metrics: Metrics::default(),
+        groups: crate::groups::Coordinator::default(),
+        shutdown: token.clone(),
+    });
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::io("bind", config.listen.to_string(), e))?;
+    let grpc_addr = local_addr(&listener)?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| Error::io("bind", config.metrics_listen.to_string(), e))?;
+    let metrics_addr = local_addr(&metrics_listener)?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<BrokerServer<BrokerService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Task(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Task(format!("reflection: {e}")))?;
+    let broker = BrokerServer::new(BrokerService::new(Arc::clone(&inner)))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
+
+    let server_token = token.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(broker)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            server_token.cancelled().await
+        });
+    let mut server = tokio::spawn(server);
+    let metrics_task = tokio::spawn(metrics::serve(
+        metrics_listener,
+        Arc::clone(&inner),
+        token.clone(),
+    ));
+    let retention_task = tokio::spawn(retention_loop(Arc::clone(&inner)));
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics::describe(metrics_addr), "serving");
+
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        res = &mut server => {
+            token.cancel();
+            res.map_err(Error::from)?.map_err(|e| Error::Task(format!("gRPC server: {e}")))?;
+        }
+    }
+    token.cancel();
+    health_reporter
+        .set_not_serving::<BrokerServer<BrokerService>>()
+        .await;
+    if !server.is_finished()
+        && tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+        );
+        server.abort();
+    }
+    retention_task.abort();
+    let _ = metrics_task.await;
+    let inner2 = Arc::clone(&inner);
+    tokio::task::spawn_blocking(move || {
+        inner2.registry.close();
+        if let Err(e) = inner2.offsets.close() {
+            tracing::error!(error = %e, "closing the offsets log failed");
+        }
+    })
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn local_addr(l: &TcpListener) -> Result<SocketAddr> {
+    l.local_addr()
+        .map_err(|e| Error::io("local address", "listener", e))
+}
+
+async fn retention_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.config.retention_check());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let inner = Arc::clone(&inner);
+        let done = tokio::task::spawn_blocking(move || {
+            let now = crate::now_ms();
+            for topic in inner.registry.list() {
+                for p in &topic.partitions {
+                    if let Err(e) = p.log.enforce_retention(now) {
+                        tracing::error!(topic = %topic.name, partition = p.index, error = %e, "retention failed");
+                    }
+                }
+            }
+        })
+        .await;
+        if done.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Append and AppendStream.
+//!
+//! The batch is written (and visible to readers) on the request's task, in request order;
+//! under `FSYNC_POLICY_ALWAYS` the wait for the disk runs on the blocking pool, where
+//! concurrent appends share one fdatasync. AppendStream keeps the write order of its
+//! requests and lets their fsyncs overlap, answering strictly in request order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use spool_proto::v1::{AppendRequest, AppendResponse, Durability};
+use spool_storage::{Log, ProducerStamp};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::Inner;
+use super::convert;
+use crate::error::{Error, Result};
+use crate::registry::Fsync;
+
+/// An append whose bytes are in the log; what is left is waiting for the disk.
+enum Pending {
+    Done(Result<AppendResponse>),
+    Syncing(JoinHandle<Result<AppendResponse>>),
+}
+
+impl Pending {
+    async fn finish(self) -> Result<AppendResponse> {
+        match self {
+            Pending::Done(r) => r,
+            Pending::Syncing(h) => h.await?,
+        }
+    }
+}
+
+/// Validates and writes one request; returns what remains to wait for.
+fn start(inner: &Arc<Inner>, req: AppendRequest) -> Pending {
+    match write(inner, req) {
+        Ok(p) => p,
+        Err(e) => Pending::Done(Err(e)),
+    }
+}
+
+fn write(inner: &Arc<Inner>, req: AppendRequest) -> Result<Pending> {
+    let began = Instant::now();
+    let topic = inner.registry.get(&req.topic)?;
+    let partition = topic.choose_partition(req.partition, &req.partition_key)?;
+    let (records, bytes) = convert::to_storage(
+        req.records,
+        topic.settings.max_record_bytes,
+        crate::now_ms(),
+    )?;
+    let stamp = ProducerStamp {
+        producer_id: req.producer_id,
+        producer_epoch: 0,
+        sequence: req.sequence,
+    };
+    let log = Arc::clone(&partition.log);
+    let appended = log.append_unsynced(&records, stamp)?;
+    let mut response = AppendResponse {
+        request_id: req.request_id,
+        partition: partition.index,
+        base_offset: appended.base_offset,
+        record_count: appended.record_count,
+        duplicate: appended.duplicate,
+        durability: Durability::Written as i32,
+    };
+    let end = appended.base_offset + u64::from(appended.record_count);
+    let counted = if appended.duplicate {
+        0
+    } else {
+        records.len() as u64
+    };
+    if topic.settings.fsync != Fsync::Always {
+        if log.durable_offset() >= end {
+            response.durability = Durability::Fsynced as i32;
+        }
+        inner
+            .metrics
+            .observe_append(&topic.name, counted, bytes, began.elapsed());
+        return Ok(Pending::Done(Ok(response)));
+    }
+    let inner = Arc::clone(inner);
+    let name = topic.name.clone();
+    Ok(Pending::Syncing(tokio::task::spawn_blocking(move || {
+        sync(&inner, &log, end)?;
+        response.durability = Durability::Fsynced as i32;
+        inner
+            .metrics
+            .observe_append(&name, counted, bytes, began.elapsed());
+        Ok(response)
+    })))
+}
+
+fn sync(inner: &Inner, log: &Log, end: u64) -> Result<()> {
+    let began = Instant::now();
+    log.sync_to(end)?;
+    inner
+        .metrics
+        .fsync_latency
+        .observe(began.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub async fn unary(inner: &Arc<Inner>, req: AppendRequest) -> Result<AppendResponse> {
+    if inner.shutdown.is_cancelled() {
+        return Err(Error::ShuttingDown);
+    }
+    start(inner, req).finish().await
+}
+
+/// Runs an AppendStream: a reader task writes requests in order and queues their pending
+/// fsyncs (at most `max_in_flight_appends`, which is the stream's backpressure); an
+/// answering task resolves them in order. The first failure ends the stream.
+pub fn pipelined(
+    inner: Arc<Inner>,
+    mut requests: Streaming<AppendRequest>,
+) -> impl Stream<Item = Result<AppendResponse, Status>> {
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(inner.config.max_in_flight_appends);
+    let (out_tx, out_rx) = mpsc::channel(inner.config.stream_buffer.max(64));
+    let reader_inner = Arc::clone(&inner);
+    tokio::spawn(async move {
+        let inner = reader_inner;
+        loop {
+            let next = tokio::select! {
+                next = requests.next() => next,
+                () = inner.shutdown.cancelled() => {
+                    let _ = pending_tx.send(Pending::Done(Err(Error::ShuttingDown))).await;
+                    return;
+                }
+            };
+            let req = match next {
+                None => return,
+                Some(Err(status)) => {
+                    tracing::debug!(%status, "append stream ended by the client");
+                    return;
+                }
+                Some(Ok(req)) => req,
+            };
+            let pending = start(&inner, req);
+            let failed = matches!(pending, Pending::Done(Err(_)));
+            if pending_tx.send(pending).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(pending) = pending_rx.recv().await {
+            let result = pending.finish().await;
+            let failed = result.is_err();
+            if out_tx.send(result.map_err(Status::from)).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(out_rx)
+}

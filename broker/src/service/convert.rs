@@ -1,0 +1,114 @@
+//! Conversions between `spool.v1` messages and storage types.
+
+use spool_proto::v1;
+use spool_storage::{Header, Record, StoredRecord};
+
+use crate::error::{Error, Result};
+use crate::registry::{Fsync, Topic};
+
+/// Payload bytes of a record as limits count them: key, value, header keys and values.
+pub fn payload_len(r: &v1::Record) -> usize {
+    r.key.len()
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
+}
+
+/// Converts appended records, stamping broker time where `timestamp_ms` is 0 and checking
+/// each record against `max_record_bytes`. Keys and values move without copying.
+pub fn to_storage(
+    records: Vec<v1::Record>,
+    max_record_bytes: u32,
+    now_ms: i64,
+) -> Result<(Vec<Record>, u64)> {
+    if records.is_empty() {
+        return Err(Error::invalid(
+            "records is empty: an append must carry at least one record",
+        ));
+    }
+    let mut total = 0u64;
+    let mut out = Vec::with_capacity(records.len());
+    for (i, r) in records.into_iter().enumerate() {
+        let size = payload_len(&r);
+        if size > max_record_bytes as usize {
+            return Err(Error::invalid(format!(
+                "record {i} is {size} bytes (key, value and headers); the topic's max_record_bytes is {max_record_bytes}"
+            )));
+        }
+        total += size as u64;
+        out.push(Record {
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|h| Header {
+                    key: h.key,
+                    value: h.value,
+                })
+                .collect(),
+            timestamp_ms: if r.timestamp_ms == 0 {
+                now_ms
+            } else {
+                r.timestamp_ms
+            },
+        });
+    }
+    Ok((out, total))
+}
+
+/// A stored record as a `spool.v1.Record`: zero-copy views of the log.
+pub fn to_proto(r: StoredRecord) -> v1::Record {
+    v1::Record {
+        key: r.key,
+        value: r.value,
+        headers: r
+            .headers
+            .into_iter()
+            .map(|h| v1::Header {
+                key: h.key,
+                value: h.value,
+            })
+            .collect(),
+        timestamp_ms: r.timestamp_ms,
+        offset: r.offset,
+    }
+}
+
+/// Converts a batch read and returns its payload size.
+pub fn records_to_proto(records: Vec<StoredRecord>) -> (Vec<v1::Record>, u64) {
+    let bytes = records.iter().map(|r| r.payload_len() as u64).sum();
+    (records.into_iter().map(to_proto).collect(), bytes)
+}
+
+pub fn topic_info(t: &Topic) -> v1::TopicInfo {
+    let s = &t.settings;
+    v1::TopicInfo {
+        name: t.name.clone(),
+        partitions: t.partitions.len() as u32,
+        config: Some(v1::TopicConfig {
+            retention_bytes: s.retention_bytes,
+            retention_ms: s.retention_ms,
+            segment_bytes: s.segment_bytes,
+            fsync: match s.fsync {
+                Fsync::Always => v1::FsyncPolicy::Always,
+                Fsync::Interval => v1::FsyncPolicy::Interval,
+                Fsync::Never => v1::FsyncPolicy::Never,
+            } as i32,
+            fsync_interval_ms: s.fsync_interval_ms,
+            max_record_bytes: s.max_record_bytes,
+        }),
+        partition_info: t
+            .partitions
+            .iter()
+            .map(|p| v1::PartitionInfo {
+                partition: p.index,
+                start_offset: p.log.start_offset(),
+                end_offset: p.log.end_offset(),
+                size_bytes: p.log.size_bytes(),
+            })
+            .collect(),
+    }
+}
