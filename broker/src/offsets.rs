@@ -91,25 +91,44 @@ impl OffsetStore {
         offset: u64,
         metadata: &str,
     ) -> Result<()> {
-        let record = encode(group, topic, partition, Some((offset, metadata)));
+        self.commit_many(group, topic, &[(partition, offset)], metadata)
+    }
+
+    /// Commits several partitions in one append and one fsync (blocking).
+    pub fn commit_many(
+        &self,
+        group: &str,
+        topic: &str,
+        commits: &[(u32, u64)],
+        metadata: &str,
+    ) -> Result<()> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = commits
+            .iter()
+            .map(|&(p, o)| encode(group, topic, p, Some((o, metadata))))
+            .collect();
         let end = {
             let mut table = self.table.lock();
             let a = self
                 .log
-                .append_unsynced(&[record], ProducerStamp::default())?;
-            table
+                .append_unsynced(&records, ProducerStamp::default())?;
+            let parts = table
                 .entry(group.to_string())
                 .or_default()
                 .entry(topic.to_string())
-                .or_default()
-                .insert(
-                    partition,
+                .or_default();
+            for &(p, offset) in commits {
+                parts.insert(
+                    p,
                     Committed {
                         offset,
                         metadata: metadata.to_string(),
                     },
                 );
-            a.base_offset + 1
+            }
+            a.base_offset + u64::from(a.record_count)
         };
         self.log.sync_to(end)?;
         Ok(())

@@ -64,7 +64,7 @@ pub async fn run(
         registry,
         offsets,
         metrics: Metrics::default(),
-        groups: crate::groups::Coordinator::default(),
+        groups: Arc::new(crate::groups::Coordinator::default()),
         shutdown: token.clone(),
     });
 

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio_stream::wrappers::ReceiverStream;
+
 use spool_proto::v1::*;
 use tonic::{Status, Streaming};
 
@@ -11,18 +13,22 @@ use crate::error::Result;
 use crate::registry::validate_name;
 
 pub async fn consume(
-    _inner: Arc<Inner>,
-    _requests: Streaming<ConsumeRequest>,
-) -> Result<futures::stream::Empty<Result<ConsumeResponse, Status>>, Status> {
-    Err(Status::unimplemented(
-        "Consume (broker-assigned consumer groups) is not built yet; use Subscribe with CommitOffset",
-    ))
+    inner: Arc<Inner>,
+    requests: Streaming<ConsumeRequest>,
+) -> Result<ReceiverStream<Result<ConsumeResponse, Status>>, Status> {
+    super::consume::start(inner, requests).await
 }
 
 pub fn list(inner: &Inner, req: ListGroupsRequest) -> Result<ListGroupsResponse> {
-    let groups = inner
-        .offsets
-        .groups()
+    let mut all = inner.offsets.groups();
+    for (group, topic) in inner.groups.memberships() {
+        let topics = all.entry(group).or_default();
+        if !topics.contains(&topic) {
+            topics.push(topic);
+            topics.sort();
+        }
+    }
+    let groups = all
         .into_iter()
         .filter(|(_, topics)| req.topic.is_empty() || topics.contains(&req.topic))
         .map(|(group, topics)| GroupSummary { group, topics })
@@ -48,10 +54,22 @@ pub fn describe(inner: &Inner, req: DescribeGroupRequest) -> Result<DescribeGrou
         let Ok(topic) = inner.registry.get(&name) else {
             continue;
         };
+        let (generation, members) = inner
+            .groups
+            .describe(&req.group, &name)
+            .unwrap_or_default();
         out.push(GroupTopic {
             topic: name,
-            generation: 0,
-            members: Vec::new(),
+            generation,
+            members: members
+                .into_iter()
+                .map(|m| GroupMember {
+                    member_id: m.member_id,
+                    partitions: m.partitions,
+                    connected: m.connected,
+                    session_timeout_ms: m.session_timeout_ms,
+                })
+                .collect(),
             partitions: partition_offsets(inner, &req.group, &topic),
         });
     }

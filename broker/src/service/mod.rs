@@ -2,6 +2,7 @@
 //! `status.rs`.
 
 mod append;
+mod consume;
 mod convert;
 mod groups;
 mod offsets;
@@ -29,7 +30,7 @@ pub struct Inner {
     pub registry: Registry,
     pub offsets: OffsetStore,
     pub metrics: Metrics,
-    pub groups: crate::groups::Coordinator,
+    pub groups: Arc<crate::groups::Coordinator>,
     /// Cancelled when the broker shuts down: open streams end with `UNAVAILABLE`.
     pub shutdown: CancellationToken,
 }
