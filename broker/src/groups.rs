@@ -24,7 +24,10 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// The member's partitions from now on; stop delivering any others.
-    Assign { generation: u64, partitions: Vec<u32> },
+    Assign {
+        generation: u64,
+        partitions: Vec<u32>,
+    },
     /// Start delivering this partition (it is free of any other member).
     Start { partition: u32 },
     /// Another stream joined with this member's id and took over.
@@ -204,8 +207,7 @@ impl Coordinator {
             return;
         };
         for p in partitions {
-            if g
-                .holders
+            if g.holders
                 .get(p)
                 .is_some_and(|h| h.member == member && h.conn == Some(conn))
             {
@@ -431,7 +433,10 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Command::Assign { generation: 1, partitions: vec![0, 1] },
+                Command::Assign {
+                    generation: 1,
+                    partitions: vec![0, 1]
+                },
                 Command::Start { partition: 0 },
                 Command::Start { partition: 1 },
             ]
@@ -439,15 +444,27 @@ mod tests {
         let mut b = c.join("g", "t", 2, "b", Duration::from_secs(10));
         assert_eq!(
             a.commands.try_recv().unwrap(),
-            Command::Assign { generation: 2, partitions: vec![0] }
+            Command::Assign {
+                generation: 2,
+                partitions: vec![0]
+            }
         );
         assert_eq!(
             b.commands.try_recv().unwrap(),
-            Command::Assign { generation: 2, partitions: vec![1] }
+            Command::Assign {
+                generation: 2,
+                partitions: vec![1]
+            }
         );
-        assert!(b.commands.try_recv().is_err(), "b must wait for a to release 1");
+        assert!(
+            b.commands.try_recv().is_err(),
+            "b must wait for a to release 1"
+        );
         c.release("g", "t", "a", a.conn, &[1]);
-        assert_eq!(b.commands.try_recv().unwrap(), Command::Start { partition: 1 });
+        assert_eq!(
+            b.commands.try_recv().unwrap(),
+            Command::Start { partition: 1 }
+        );
     }
 
     #[tokio::test]
@@ -458,9 +475,15 @@ mod tests {
         let mut a2 = c.join("g", "t", 3, "a", Duration::from_secs(10));
         assert_eq!(
             a2.commands.try_recv().unwrap(),
-            Command::Assign { generation: 1, partitions: vec![0, 1, 2] }
+            Command::Assign {
+                generation: 1,
+                partitions: vec![0, 1, 2]
+            }
         );
-        assert_eq!(a2.commands.try_recv().unwrap(), Command::Start { partition: 0 });
+        assert_eq!(
+            a2.commands.try_recv().unwrap(),
+            Command::Start { partition: 0 }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -474,7 +497,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(
             b.commands.try_recv().unwrap(),
-            Command::Assign { generation: 3, partitions: vec![0, 1, 2, 3] }
+            Command::Assign {
+                generation: 3,
+                partitions: vec![0, 1, 2, 3]
+            }
         );
         let (generation, members) = c.describe("g", "t").unwrap();
         assert_eq!(generation, 3);

@@ -10,6 +10,7 @@
 //! - `metrics`: Prometheus metrics at `/metrics`.
 //! - `server`: start-up, serving, retention, graceful shutdown.
 //! - `error`: the broker's error enum.
+//! - `testing`: an in-process broker on a temporary directory, for examples and tests.
 //!
 //! # Invariants
 //! - An append is answered only after its batch reached the topic's durability.
@@ -24,6 +25,7 @@ pub mod offsets;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod testing;
 
 pub use config::BrokerConfig;
 pub use error::{Error, Result};

@@ -22,12 +22,30 @@ use crate::service::{BrokerService, Inner};
 /// How long a shutdown waits for streams and in-flight requests before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs the broker until `shutdown` resolves, then stops accepting, lets in-flight
-/// appends finish, ends open streams with `UNAVAILABLE`, flushes and closes the logs.
+/// A started broker: serving on its addresses until [`Running::shutdown`].
+pub struct Running {
+    /// The gRPC address actually bound (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    /// The metrics address actually bound.
+    pub metrics_addr: SocketAddr,
+    inner: Arc<Inner>,
+    token: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    metrics_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    retention_task: tokio::task::JoinHandle<()>,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Runs the broker until `shutdown` resolves, then stops gracefully.
 pub async fn run(
     config: BrokerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    start(config).await?.run_until(shutdown).await
+}
+
+/// Opens the data directory, recovers it and starts serving.
+pub async fn start(config: BrokerConfig) -> Result<Running> {
     let config = Arc::new(config);
     let storage_config = StorageConfig {
         max_mapped_files: config.max_mapped_files,
@@ -77,10 +95,8 @@ pub async fn run(
         .map_err(|e| Error::io("bind", config.metrics_listen.to_string(), e))?;
     let metrics_addr = local_addr(&metrics_listener)?;
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<BrokerServer<BrokerService>>()
-        .await;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<BrokerServer<BrokerService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -109,7 +125,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             server_token.cancelled().await
         });
-    let mut server = tokio::spawn(server);
+    let server = tokio::spawn(server);
     let metrics_task = tokio::spawn(metrics::serve(
         metrics_listener,
         Arc::clone(&inner),
@@ -117,40 +133,61 @@ pub async fn run(
     ));
     let retention_task = tokio::spawn(retention_loop(Arc::clone(&inner)));
     tracing::info!(grpc = %grpc_addr, metrics = %metrics::describe(metrics_addr), "serving");
-
-    tokio::select! {
-        () = shutdown => tracing::info!("shutting down"),
-        res = &mut server => {
-            token.cancel();
-            res.map_err(Error::from)?.map_err(|e| Error::Task(format!("gRPC server: {e}")))?;
-        }
-    }
-    token.cancel();
-    health_reporter
-        .set_not_serving::<BrokerServer<BrokerService>>()
-        .await;
-    if !server.is_finished()
-        && tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
-            .await
-            .is_err()
-    {
-        tracing::warn!(
-            "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
-        );
-        server.abort();
-    }
-    retention_task.abort();
-    let _ = metrics_task.await;
-    let inner2 = Arc::clone(&inner);
-    tokio::task::spawn_blocking(move || {
-        inner2.registry.close();
-        if let Err(e) = inner2.offsets.close() {
-            tracing::error!(error = %e, "closing the offsets log failed");
-        }
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        inner,
+        token,
+        server,
+        metrics_task,
+        retention_task,
+        health,
     })
-    .await?;
-    tracing::info!("stopped");
-    Ok(())
+}
+
+impl Running {
+    /// Serves until `signal` resolves (or the server fails), then shuts down.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            () = signal => tracing::info!("shutting down"),
+            res = &mut self.server => {
+                self.token.cancel();
+                res.map_err(Error::from)?.map_err(|e| Error::Task(format!("gRPC server: {e}")))?;
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// Stops accepting, ends open streams with `UNAVAILABLE`, lets in-flight requests
+    /// finish (for at most a grace period), then flushes and closes every log.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.token.cancel();
+        self.health
+            .set_not_serving::<BrokerServer<BrokerService>>()
+            .await;
+        if !self.server.is_finished()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+            );
+            self.server.abort();
+        }
+        self.retention_task.abort();
+        let _ = (&mut self.metrics_task).await;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            inner.registry.close();
+            if let Err(e) = inner.offsets.close() {
+                tracing::error!(error = %e, "closing the offsets log failed");
+            }
+        })
+        .await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 fn local_addr(l: &TcpListener) -> Result<SocketAddr> {

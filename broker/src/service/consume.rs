@@ -276,7 +276,12 @@ impl Session {
 
     /// Starts the next read if there is credit, no read running and no batch waiting.
     fn schedule(&mut self) {
-        if self.reading || self.outq.iter().any(|m| matches!(m.kind, Some(Resp::Batch(_)))) {
+        if self.reading
+            || self
+                .outq
+                .iter()
+                .any(|m| matches!(m.kind, Some(Resp::Batch(_))))
+        {
             return;
         }
         let (records, bytes) = self.in_flight();
@@ -292,8 +297,7 @@ impl Session {
             .collect();
         let Some(&id) = ids.first() else { return };
         self.cursor = id + 1;
-        let (max_records, default_bytes) =
-            super::read::limits(&self.inner, 0, 0);
+        let (max_records, default_bytes) = super::read::limits(&self.inner, 0, 0);
         let max_records = (max_records as u64).min(self.max_records - records).max(1) as usize;
         let max_bytes = (default_bytes as u64).min(self.max_bytes - bytes).max(1) as usize;
         let part = self.parts.get_mut(&id).expect("listed above");
@@ -305,7 +309,9 @@ impl Session {
         self.work.push(
             async move {
                 let result = match topic.partition(id) {
-                    Ok(p) => super::read::read_blocking(&inner, p, next, max_records, max_bytes).await,
+                    Ok(p) => {
+                        super::read::read_blocking(&inner, p, next, max_records, max_bytes).await
+                    }
                     Err(e) => Err(e),
                 };
                 Event::Read {
@@ -335,7 +341,11 @@ impl Session {
                 for p in &revoked {
                     self.parts.remove(p);
                     if let Some(off) = self.commit_queue.remove(p) {
-                        self.outq.push_back(reject(*p, off, "the partition was revoked before the commit was applied"));
+                        self.outq.push_back(reject(
+                            *p,
+                            off,
+                            "the partition was revoked before the commit was applied",
+                        ));
                     }
                 }
                 self.outq.retain(|m| match &m.kind {
@@ -406,7 +416,9 @@ impl Session {
         match req.kind {
             None => return Err(Error::invalid("a ConsumeRequest must set `kind`")),
             Some(Req::Join(_)) => {
-                return Err(Error::invalid("a Consume stream takes one JoinGroup, as its first message"));
+                return Err(Error::invalid(
+                    "a Consume stream takes one JoinGroup, as its first message",
+                ));
             }
             Some(Req::Commit(c)) => self.queue_commit(c.partition, c.offset),
             Some(Req::Ack(a)) => {
@@ -490,8 +502,7 @@ impl Session {
                 result,
             } => {
                 self.reading = false;
-                let Some(part) = self.parts.get_mut(&partition).filter(|p| p.token == token)
-                else {
+                let Some(part) = self.parts.get_mut(&partition).filter(|p| p.token == token) else {
                     return Ok(true);
                 };
                 let records = match result {

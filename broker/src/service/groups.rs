@@ -54,10 +54,7 @@ pub fn describe(inner: &Inner, req: DescribeGroupRequest) -> Result<DescribeGrou
         let Ok(topic) = inner.registry.get(&name) else {
             continue;
         };
-        let (generation, members) = inner
-            .groups
-            .describe(&req.group, &name)
-            .unwrap_or_default();
+        let (generation, members) = inner.groups.describe(&req.group, &name).unwrap_or_default();
         out.push(GroupTopic {
             topic: name,
             generation,

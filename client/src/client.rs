@@ -1,0 +1,298 @@
+//! [`Client`]: a connection to a broker and the administrative calls.
+
+use std::time::Duration;
+
+use spool_proto::v1::broker_client::BrokerClient;
+use spool_proto::v1::*;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+
+/// Transport security settings. Reserved: this build speaks plaintext only, and refuses
+/// to connect rather than silently ignore TLS settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the certificate authority that signed the broker's certificate.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// How a [`Client`] connects and retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Longest wait for a TCP + HTTP/2 connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for a unary call's answer (streams are not limited).
+    pub request_timeout: Duration,
+    /// HTTP/2 pings on idle connections, so a half-open connection is noticed.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Delays between reconnect attempts.
+    pub backoff: Backoff,
+    /// Attempts of an idempotent call on a retriable error before giving up.
+    pub max_retries: u32,
+    pub tls: Option<TlsOptions>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            max_retries: 5,
+            tls: None,
+        }
+    }
+}
+
+/// A connection to a broker. Cheap to clone; clones share the HTTP/2 connection, which
+/// reconnects by itself after a broker restart.
+#[derive(Clone, Debug)]
+pub struct Client {
+    raw: BrokerClient<Channel>,
+    endpoint: String,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7450`) with default options.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
+        Client::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connects with explicit options. Fails at once if the broker cannot be reached.
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let endpoint = endpoint.into();
+        if options.tls.is_some() || endpoint.starts_with("https://") {
+            return Err(Error::InvalidEndpoint {
+                endpoint,
+                reason: "TLS is not supported by this build; use an http:// address".into(),
+            });
+        }
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| Error::InvalidEndpoint {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(options.connect_timeout)
+            .http2_keep_alive_interval(options.keepalive_interval)
+            .keep_alive_timeout(options.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .connect()
+            .await
+            .map_err(|e| Error::unreachable(&endpoint, &e))?;
+        let raw = BrokerClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        Ok(Client {
+            raw,
+            endpoint,
+            options,
+        })
+    }
+
+    /// The generated gRPC client, for calls this type does not wrap.
+    pub fn raw(&self) -> BrokerClient<Channel> {
+        self.raw.clone()
+    }
+
+    /// The address this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    pub(crate) fn error(&self, status: tonic::Status) -> Error {
+        Error::from_status(status, &self.endpoint)
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.options.request_timeout);
+        r
+    }
+
+    /// Runs an idempotent call, retrying retriable failures with backoff.
+    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(BrokerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call(self.raw.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => {
+                    let e = self.error(status);
+                    if !e.is_retriable() || attempt >= self.options.max_retries {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(self.options.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Creates a topic. `config` fields left at 0 take the broker's defaults.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
+        let req = self.request(CreateTopicRequest {
+            name: name.to_string(),
+            partitions,
+            config: Some(config),
+        });
+        let resp = self
+            .raw
+            .clone()
+            .create_topic(req)
+            .await
+            .map_err(|s| self.error(s))?;
+        resp.into_inner()
+            .topic
+            .ok_or_else(|| Error::InvalidArgument("the broker answered without a topic".into()))
+    }
+
+    /// Deletes a topic and its records.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let req = self.request(DeleteTopicRequest {
+            name: name.to_string(),
+        });
+        self.raw
+            .clone()
+            .delete_topic(req)
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
+    /// Every topic, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let resp = self
+            .retrying(|mut c| {
+                let r = self.request(ListTopicsRequest {});
+                async move { c.list_topics(r).await }
+            })
+            .await?;
+        Ok(resp.topics)
+    }
+
+    /// One topic's configuration and partitions.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        let resp = self
+            .retrying(|mut c| {
+                let r = self.request(DescribeTopicRequest {
+                    name: name.to_string(),
+                });
+                async move { c.describe_topic(r).await }
+            })
+            .await?;
+        resp.topic
+            .ok_or_else(|| Error::InvalidArgument("the broker answered without a topic".into()))
+    }
+
+    /// Appends one batch (not idempotent: prefer [`crate::Producer`] for retries).
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendResponse> {
+        let req = self.request(request);
+        Ok(self
+            .raw
+            .clone()
+            .append(req)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner())
+    }
+
+    /// Reads from `offset` with the given limits (0 = broker default).
+    pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse> {
+        self.retrying(|mut c| {
+            let r = self.request(request.clone());
+            async move { c.read(r).await }
+        })
+        .await
+    }
+
+    /// Commits `offset` (the next offset to read) for `group`.
+    pub async fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<()> {
+        self.retrying(|mut c| {
+            let r = self.request(CommitOffsetRequest {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partition,
+                offset,
+                metadata: String::new(),
+            });
+            async move { c.commit_offset(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets and lag per partition of `topic`.
+    pub async fn get_offsets(&self, group: &str, topic: &str) -> Result<Vec<PartitionOffsets>> {
+        let resp = self
+            .retrying(|mut c| {
+                let r = self.request(GetOffsetsRequest {
+                    group: group.to_string(),
+                    topic: topic.to_string(),
+                });
+                async move { c.get_offsets(r).await }
+            })
+            .await?;
+        Ok(resp.partitions)
+    }
+
+    /// Every consumer group, optionally only those on `topic`.
+    pub async fn list_groups(&self, topic: Option<&str>) -> Result<Vec<GroupSummary>> {
+        let resp = self
+            .retrying(|mut c| {
+                let r = self.request(ListGroupsRequest {
+                    topic: topic.unwrap_or_default().to_string(),
+                });
+                async move { c.list_groups(r).await }
+            })
+            .await?;
+        Ok(resp.groups)
+    }
+
+    /// A group's members, partitions, committed offsets and lag.
+    pub async fn describe_group(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Result<DescribeGroupResponse> {
+        self.retrying(|mut c| {
+            let r = self.request(DescribeGroupRequest {
+                group: group.to_string(),
+                topic: topic.map(str::to_string),
+            });
+            async move { c.describe_group(r).await }
+        })
+        .await
+    }
+}

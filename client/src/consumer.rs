@@ -1,0 +1,546 @@
+//! Consumers as `futures::Stream`s: [`Reader`] (plain, from any position, over
+//! `Subscribe`) and [`GroupConsumer`] (a consumer group member, over `Consume`). Both
+//! reconnect after a broker restart or a network blip and resume without gaps: the reader
+//! from the offset after the last record it delivered, the member from its group's
+//! commits.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use spool_proto::v1::consume_request::Kind as Req;
+use spool_proto::v1::consume_response::Kind as Resp;
+use spool_proto::v1::start_position::Kind;
+use spool_proto::v1::*;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tonic::Code;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+/// A record as delivered to a consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+impl Message {
+    fn new(partition: u32, r: Record) -> Message {
+        Message {
+            partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        }
+    }
+}
+
+/// Where a [`Reader`] starts in each partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    Earliest,
+    /// The end offset when the reader starts: only records appended after.
+    Latest,
+    Offset(u64),
+    /// The first record at or after this time (milliseconds since the epoch).
+    Timestamp(i64),
+    /// A group's committed offsets (earliest where it has none).
+    Committed(String),
+}
+
+/// A plain reader's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReaderOptions {
+    pub start: Start,
+    /// Partitions to read; `None` = all.
+    pub partitions: Option<Vec<u32>>,
+    /// Most records per stream message (0 = broker default).
+    pub max_batch_records: u32,
+    /// Messages buffered ahead of the caller.
+    pub buffer: usize,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions {
+            start: Start::Earliest,
+            partitions: None,
+            max_batch_records: 0,
+            buffer: 4096,
+        }
+    }
+}
+
+/// Reads a topic from a start position and then tails it, as a stream of [`Message`]s in
+/// offset order per partition.
+///
+/// ```
+/// # use futures::StreamExt;
+/// # use spool_client::{Client, Reader, ReaderOptions, Start};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), spool_client::Error> {
+/// # let broker = spool_broker::testing::TempBroker::start().await;
+/// # let client = Client::connect(broker.endpoint()).await?;
+/// # client.create_topic("events", 1, Default::default()).await?;
+/// # let p = spool_client::Producer::new(&client, "events", Default::default()).await?;
+/// # p.send(spool_client::ProducerRecord::new("hello")).await?;
+/// let options = ReaderOptions { start: Start::Earliest, ..ReaderOptions::default() };
+/// let mut reader = Reader::new(&client, "events", options).await?;
+/// let first = reader.next().await.expect("the stream tails forever")?;
+/// assert_eq!(first.value, "hello");
+/// # Ok(()) }
+/// ```
+pub struct Reader {
+    rx: mpsc::Receiver<Result<Message>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Reader {
+    pub async fn new(client: &Client, topic: &str, options: ReaderOptions) -> Result<Reader> {
+        let info = client.describe_topic(topic).await?;
+        let partitions = options
+            .partitions
+            .clone()
+            .unwrap_or_else(|| (0..info.partitions).collect());
+        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let mut tasks = Vec::new();
+        for p in partitions {
+            let pi = info
+                .partition_info
+                .iter()
+                .find(|i| i.partition == p)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "partition {p} does not exist: the topic has partitions 0..{}",
+                        info.partitions
+                    ))
+                })?;
+            // Resolve "latest" now, so a reconnect before the first record cannot skip
+            // records appended in between.
+            let start = match &options.start {
+                Start::Latest => Start::Offset(pi.end_offset),
+                s => s.clone(),
+            };
+            tasks.push(tokio::spawn(read_partition(
+                client.clone(),
+                topic.to_string(),
+                p,
+                start,
+                options.max_batch_records,
+                tx.clone(),
+            )));
+        }
+        Ok(Reader { rx, tasks })
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Stream for Reader {
+    type Item = Result<Message>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+fn start_position(start: &Start) -> (StartPosition, String) {
+    let (kind, offset, ts, group) = match start {
+        Start::Earliest => (Kind::Earliest, 0, 0, String::new()),
+        Start::Latest => (Kind::Latest, 0, 0, String::new()),
+        Start::Offset(o) => (Kind::Offset, *o, 0, String::new()),
+        Start::Timestamp(t) => (Kind::Timestamp, 0, *t, String::new()),
+        Start::Committed(g) => (Kind::Committed, 0, 0, g.clone()),
+    };
+    (
+        StartPosition {
+            kind: kind as i32,
+            offset,
+            timestamp_ms: ts,
+        },
+        group,
+    )
+}
+
+async fn read_partition(
+    client: Client,
+    topic: String,
+    partition: u32,
+    mut start: Start,
+    max_batch_records: u32,
+    tx: mpsc::Sender<Result<Message>>,
+) {
+    let mut attempt = 0;
+    loop {
+        let (position, group) = start_position(&start);
+        let req = SubscribeRequest {
+            topic: topic.clone(),
+            partitions: vec![partition],
+            start: Some(position),
+            group,
+            max_batch_records,
+        };
+        let failure = match client.raw().subscribe(req).await {
+            Err(status) => client.error(status),
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(m)) => {
+                            attempt = 0;
+                            for r in m.records {
+                                start = Start::Offset(r.offset + 1);
+                                if tx.send(Ok(Message::new(partition, r))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            break Error::Unreachable {
+                                endpoint: client.endpoint().to_string(),
+                                reason: "the broker closed the stream".into(),
+                            };
+                        }
+                        Err(status) => break client.error(status),
+                    }
+                }
+            }
+        };
+        if !failure.is_retriable() {
+            let _ = tx.send(Err(failure)).await;
+            return;
+        }
+        tracing::debug!(partition, error = %failure, "subscription lost; reconnecting");
+        tokio::time::sleep(client.options().backoff.delay(attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// A consumer group member's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupOptions {
+    /// Rejoin as this member (e.g. after a process restart); `None` = a new member.
+    pub member_id: Option<String>,
+    pub session_timeout: Duration,
+    /// 0 = the broker's default.
+    pub max_in_flight_records: u32,
+    /// 0 = the broker's default.
+    pub max_in_flight_bytes: u64,
+    /// Commit automatically: a batch is committed once the caller asks for the record
+    /// after its last one (so a crash re-delivers at most the batch being processed).
+    pub auto_commit: bool,
+    /// Messages buffered ahead of the caller.
+    pub buffer: usize,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions {
+            member_id: None,
+            session_timeout: Duration::from_secs(10),
+            max_in_flight_records: 0,
+            max_in_flight_bytes: 0,
+            auto_commit: false,
+            buffer: 4096,
+        }
+    }
+}
+
+/// The member's current assignment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberState {
+    pub member_id: String,
+    pub generation: u64,
+    pub partitions: Vec<u32>,
+}
+
+enum Ctl {
+    Commit {
+        partition: u32,
+        offset: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Ack {
+        conn: u64,
+        batch_count: u64,
+    },
+}
+
+/// An item travelling to the caller: a message plus the stream and batch it came in.
+struct Delivered {
+    message: Message,
+    conn: u64,
+    batch: u64,
+}
+
+/// A consumer group member: the broker assigns its partitions, and it resumes each from
+/// the group's committed offset. Commit with [`GroupConsumer::commit`] after processing, or
+/// set [`GroupOptions::auto_commit`].
+///
+/// ```
+/// # use futures::StreamExt;
+/// # use spool_client::{Client, GroupConsumer, GroupOptions};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), spool_client::Error> {
+/// # let broker = spool_broker::testing::TempBroker::start().await;
+/// # let client = Client::connect(broker.endpoint()).await?;
+/// # client.create_topic("jobs", 2, Default::default()).await?;
+/// # let p = spool_client::Producer::new(&client, "jobs", Default::default()).await?;
+/// # p.send(spool_client::ProducerRecord::new("job-1").partition(0)).await?;
+/// let mut member = GroupConsumer::new(&client, "workers", "jobs", GroupOptions::default()).await?;
+/// let job = member.next().await.expect("tails forever")?;
+/// // ... process the job, then commit the next offset to read:
+/// member.commit(job.partition, job.offset + 1).await?;
+/// # Ok(()) }
+/// ```
+pub struct GroupConsumer {
+    rx: mpsc::Receiver<Result<Delivered>>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    state: Arc<Mutex<MemberState>>,
+    auto_commit: bool,
+    last: Option<(u64, u64)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GroupConsumer {
+    /// Joins `group` on `topic`.
+    pub async fn new(
+        client: &Client,
+        group: &str,
+        topic: &str,
+        options: GroupOptions,
+    ) -> Result<GroupConsumer> {
+        client.describe_topic(topic).await?;
+        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let state = Arc::new(Mutex::new(MemberState {
+            member_id: options.member_id.clone().unwrap_or_default(),
+            ..MemberState::default()
+        }));
+        let auto_commit = options.auto_commit;
+        let member = Member {
+            client: client.clone(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            options,
+            state: Arc::clone(&state),
+            tx,
+        };
+        let task = tokio::spawn(member.run(ctl_rx));
+        Ok(GroupConsumer {
+            rx,
+            ctl,
+            state,
+            auto_commit,
+            last: None,
+            task,
+        })
+    }
+
+    /// Commits `offset` (the next offset to read) for a partition this member owns, and
+    /// waits until it is durable. Refused if the partition moved to another member.
+    pub async fn commit(&self, partition: u32, offset: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Commit {
+                partition,
+                offset,
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The member id, generation and partitions of the latest assignment.
+    pub async fn state(&self) -> MemberState {
+        self.state.lock().await.clone()
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for GroupConsumer {
+    type Item = Result<Message>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(d))) => {
+                if self.auto_commit && self.last != Some((d.conn, d.batch)) {
+                    // The caller moved on to a new batch: every earlier one is processed.
+                    let _ = self.ctl.send(Ctl::Ack {
+                        conn: d.conn,
+                        batch_count: d.batch,
+                    });
+                    self.last = Some((d.conn, d.batch));
+                }
+                Poll::Ready(Some(Ok(d.message)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+struct Member {
+    client: Client,
+    group: String,
+    topic: String,
+    options: GroupOptions,
+    state: Arc<Mutex<MemberState>>,
+    tx: mpsc::Sender<Result<Delivered>>,
+}
+
+impl Member {
+    async fn run(self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+        let mut attempt = 0;
+        let mut conn = 0u64;
+        loop {
+            conn += 1;
+            let failure = self.session(conn, &mut ctl, &mut attempt).await;
+            match failure {
+                None => return,
+                Some(e) if !e.is_retriable() || e.code() == Some(Code::Aborted) => {
+                    let _ = self.tx.send(Err(e)).await;
+                    return;
+                }
+                Some(e) => {
+                    tracing::debug!(group = %self.group, error = %e, "group stream lost; rejoining");
+                    tokio::time::sleep(self.client.options().backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One stream: join, deliver, commit. Returns why it ended (`None`: the caller left).
+    async fn session(
+        &self,
+        conn: u64,
+        ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+        attempt: &mut u32,
+    ) -> Option<Error> {
+        let member_id = self.state.lock().await.member_id.clone();
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let join = ConsumeRequest {
+            kind: Some(Req::Join(JoinGroup {
+                group: self.group.clone(),
+                topic: self.topic.clone(),
+                member_id,
+                session_timeout_ms: self.options.session_timeout.as_millis() as u32,
+                max_in_flight_records: self.options.max_in_flight_records,
+                max_in_flight_bytes: self.options.max_in_flight_bytes,
+                auto_commit: self.options.auto_commit,
+            })),
+        };
+        let _ = req_tx.send(join);
+        let mut stream = match self
+            .client
+            .raw()
+            .consume(tokio_stream::wrappers::UnboundedReceiverStream::new(req_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Some(self.client.error(status)),
+        };
+        let mut local: VecDeque<Delivered> = VecDeque::new();
+        let mut waiting: HashMap<(u32, u64), Vec<oneshot::Sender<Result<()>>>> = HashMap::new();
+        let mut batch = 0u64;
+        let failure = loop {
+            let tx = self.tx.clone();
+            tokio::select! {
+                permit = tx.reserve(), if !local.is_empty() => match permit {
+                    Ok(p) => p.send(Ok(local.pop_front().expect("non-empty"))),
+                    Err(_) => return None,
+                },
+                // Always read: the broker's in-flight credit bounds what can pile up, and
+                // commit answers must get through while the caller is behind.
+                msg = stream.message() => match msg {
+                    Ok(Some(m)) => {
+                        *attempt = 0;
+                        match m.kind {
+                            Some(Resp::Assignment(a)) => {
+                                *self.state.lock().await = MemberState {
+                                    member_id: a.member_id,
+                                    generation: a.generation,
+                                    partitions: a.partitions,
+                                };
+                            }
+                            Some(Resp::Batch(b)) => {
+                                for r in b.records {
+                                    local.push_back(Delivered {
+                                        message: Message::new(b.partition, r),
+                                        conn,
+                                        batch,
+                                    });
+                                }
+                                batch += 1;
+                            }
+                            Some(Resp::CommitAck(a)) => {
+                                let result = if a.rejected {
+                                    Err(Error::CommitRejected { partition: a.partition, reason: a.reason })
+                                } else {
+                                    Ok(())
+                                };
+                                if let Some(ws) = waiting.remove(&(a.partition, a.offset)) {
+                                    for w in ws {
+                                        let _ = w.send(result.clone());
+                                    }
+                                }
+                            }
+                            None => {}
+                        }
+                    }
+                    Ok(None) => break Error::Unreachable {
+                        endpoint: self.client.endpoint().to_string(),
+                        reason: "the broker closed the stream".into(),
+                    },
+                    Err(status) => break self.client.error(status),
+                },
+                c = ctl.recv() => match c {
+                    None => return None,
+                    Some(Ctl::Commit { partition, offset, reply }) => {
+                        waiting.entry((partition, offset)).or_default().push(reply);
+                        let _ = req_tx.send(ConsumeRequest {
+                            kind: Some(Req::Commit(CommitRequest { partition, offset })),
+                        });
+                    }
+                    Some(Ctl::Ack { conn: c, batch_count }) => {
+                        if c == conn {
+                            let _ = req_tx.send(ConsumeRequest {
+                                kind: Some(Req::Ack(Ack { batch_count })),
+                            });
+                        }
+                    }
+                },
+            }
+        };
+        for (_, ws) in waiting {
+            for w in ws {
+                let _ = w.send(Err(failure.clone()));
+            }
+        }
+        Some(failure)
+    }
+}
