@@ -140,20 +140,34 @@ pub fn encode(
         .max()
         .unwrap_or(first_ts);
     out.resize(HEADER_LEN, 0);
-    let mut body = Vec::new();
+    // One pass, one copy: each record's length is computed first, so its fields go
+    // straight into `out`.
+    let body_len: usize = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| record_encoded_len(r, i, first_ts))
+        .sum();
+    out.reserve(body_len);
     for (i, r) in records.iter().enumerate() {
-        body.clear();
-        put_varint(&mut body, i as u64);
-        put_varint(&mut body, zigzag(r.timestamp_ms.wrapping_sub(first_ts)));
-        put_bytes(&mut body, &r.key);
-        put_bytes(&mut body, &r.value);
-        put_varint(&mut body, r.headers.len() as u64);
+        let ts_delta = zigzag(r.timestamp_ms.wrapping_sub(first_ts));
+        let mut len = varint_len(i as u64)
+            + varint_len(ts_delta)
+            + bytes_len(r.key.len())
+            + bytes_len(r.value.len())
+            + varint_len(r.headers.len() as u64);
         for h in &r.headers {
-            put_bytes(&mut body, h.key.as_bytes());
-            put_bytes(&mut body, &h.value);
+            len += bytes_len(h.key.len()) + bytes_len(h.value.len());
         }
-        put_varint(out, body.len() as u64);
-        out.extend_from_slice(&body);
+        put_varint(out, len as u64);
+        put_varint(out, i as u64);
+        put_varint(out, ts_delta);
+        put_bytes(out, &r.key);
+        put_bytes(out, &r.value);
+        put_varint(out, r.headers.len() as u64);
+        for h in &r.headers {
+            put_bytes(out, h.key.as_bytes());
+            put_bytes(out, &h.value);
+        }
     }
     let total_len = out.len();
     let header = BatchHeader {

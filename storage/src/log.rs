@@ -21,9 +21,12 @@ use crate::Shared;
 use crate::batch::{self, Batch, ProducerStamp, Record, StoredRecord};
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
-use crate::producer::{ProducerTable, Verdict};
+use crate::producer::{ProducerTable, Snapshot, Verdict};
 use crate::recovery;
 use crate::segment::{self, ActiveIndex, IndexBuilder, Probe, Segment};
+
+/// A snapshot of the active segment's state is saved every this many appended bytes.
+const SNAPSHOT_INTERVAL_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A callback run after every append with the new end offset (e.g. to wake async readers).
 pub type Listener = Box<dyn Fn(u64) + Send + Sync>;
@@ -73,6 +76,8 @@ struct Writer {
     time_file_len: u64,
     pos: u64,
     reserved: u64,
+    /// Position of the segment's latest snapshot.
+    snapshot_pos: u64,
     index: IndexBuilder,
     producers: ProducerTable,
     scratch: Vec<u8>,
@@ -103,6 +108,9 @@ pub struct Log {
     data_ready: Condvar,
     listeners: RwLock<Vec<Listener>>,
     poisoned: AtomicBool,
+    /// Files of segments closed without an fsync (durability other than `Always`), and the
+    /// directory: synced by the next `sync` before it moves the durable offset.
+    unsynced: Mutex<Vec<PathBuf>>,
     report: OpenReport,
 }
 
@@ -140,7 +148,7 @@ impl Log {
             }
         }
         if bases.is_empty() {
-            create_segment_files(&dir, 0, &ProducerTable::default())?;
+            create_segment_files(&dir, 0, &Snapshot::default())?;
             sync_dir(&dir)?;
             bases.push(0);
         }
@@ -168,11 +176,11 @@ impl Log {
         let snapshot_path = dir.join(segment::file_name(base, "producers"));
         let offsets = read_optional(&index_path)?;
         let times = read_optional(&time_path)?;
-        let mut producers = match read_optional(&snapshot_path)? {
-            bytes if bytes.is_empty() => ProducerTable::default(),
-            bytes => ProducerTable::decode(&bytes).unwrap_or_else(|| {
-                tracing::warn!(path = %snapshot_path.display(), "producer snapshot is damaged; idempotence state starts from this segment");
-                ProducerTable::default()
+        let snapshot = match read_optional(&snapshot_path)? {
+            bytes if bytes.is_empty() => None,
+            bytes => Snapshot::decode(&bytes).or_else(|| {
+                tracing::warn!(path = %snapshot_path.display(), "segment snapshot is damaged; replaying the segment's batch headers instead");
+                None
             }),
         };
         let tail = recovery::recover_tail(
@@ -182,9 +190,12 @@ impl Log {
             &offsets,
             &times,
             config.index_interval_bytes,
-            &mut producers,
+            snapshot,
         )?;
-        file.sync_all()
+        let producers = tail.producers;
+        // What recovery kept may be only in the page cache (the process, not the machine,
+        // went down): make it durable before calling it so.
+        file.sync_data()
             .map_err(|e| Error::io("fsync", &log_path, e))?;
         let index_file = rewrite(&index_path, &tail.index.offsets)?;
         let time_file = rewrite(&time_path, &tail.index.times)?;
@@ -230,6 +241,7 @@ impl Log {
                 time_file_len,
                 pos: tail.len,
                 reserved: tail.len,
+                snapshot_pos: tail.len,
                 index,
                 producers,
                 scratch: Vec::new(),
@@ -246,6 +258,7 @@ impl Log {
             data_ready: Condvar::new(),
             listeners: RwLock::new(Vec::new()),
             poisoned: AtomicBool::new(false),
+            unsynced: Mutex::new(Vec::new()),
             report,
             config,
         })
@@ -423,7 +436,30 @@ impl Log {
         seg.push_index(offset_entry, time_entry);
         self.write_index_entries(w, offset_entry, time_entry);
         self.end.store(h.next_offset(), Ordering::Release);
+        if w.pos - w.snapshot_pos >= SNAPSHOT_INTERVAL_BYTES {
+            self.write_snapshot(w, h.next_offset());
+        }
         Ok(())
+    }
+
+    /// Saves the segment's state at the writer's position (not fsync'd: derived data that
+    /// only shortens recovery).
+    fn write_snapshot(&self, w: &mut Writer, next_offset: u64) {
+        let snap = Snapshot {
+            position: w.pos,
+            next_offset,
+            max_ts: w.index.max_ts,
+            max_rel: w.index.max_rel,
+            producers: w.producers.clone(),
+        };
+        let path = self
+            .dir
+            .join(segment::file_name(w.segment.base, "producers"));
+        let tmp = path.with_extension("producers.tmp");
+        match fs::write(&tmp, snap.encode()).and_then(|()| fs::rename(&tmp, &path)) {
+            Ok(()) => w.snapshot_pos = w.pos,
+            Err(e) => tracing::warn!(log = %self.name, error = %e, "segment snapshot write failed"),
+        }
     }
 
     /// Appends index entries to the index files. Indexes are derived data: a failure here is
@@ -434,17 +470,19 @@ impl Log {
         offset: Option<crate::index::OffsetEntry>,
         time: Option<crate::index::TimeEntry>,
     ) {
-        let mut buf = Vec::with_capacity(12);
         if let Some(e) = offset {
-            e.encode(&mut buf);
+            let mut buf = [0u8; crate::index::OFFSET_ENTRY_LEN];
+            buf[..4].copy_from_slice(&e.rel.to_le_bytes());
+            buf[4..].copy_from_slice(&e.pos.to_le_bytes());
             match w.index_file.write_all_at(&buf, w.index_file_len) {
                 Ok(()) => w.index_file_len += buf.len() as u64,
                 Err(e) => tracing::warn!(log = %self.name, error = %e, "offset index write failed"),
             }
-            buf.clear();
         }
         if let Some(e) = time {
-            e.encode(&mut buf);
+            let mut buf = [0u8; crate::index::TIME_ENTRY_LEN];
+            buf[..8].copy_from_slice(&e.ts.to_le_bytes());
+            buf[8..].copy_from_slice(&e.rel.to_le_bytes());
             match w.time_file.write_all_at(&buf, w.time_file_len) {
                 Ok(()) => w.time_file_len += buf.len() as u64,
                 Err(e) => tracing::warn!(log = %self.name, error = %e, "time index write failed"),
@@ -484,16 +522,37 @@ impl Log {
         w.file
             .set_len(w.pos)
             .map_err(|e| Error::io("truncate", &old.log_path, e))?;
-        self.fsync(&w.file, &old.log_path)?;
-        for (f, p) in [
-            (&w.index_file, &old.index_path),
-            (&w.time_file, &old.time_path),
-        ] {
-            f.sync_all().map_err(|e| Error::io("fsync", p, e))?;
+        let always = self.config.durability == Durability::Always;
+        if always {
+            self.fsync(&w.file, &old.log_path)?;
+            for (f, p) in [
+                (&w.index_file, &old.index_path),
+                (&w.time_file, &old.time_path),
+            ] {
+                f.sync_all().map_err(|e| Error::io("fsync", p, e))?;
+            }
+        } else {
+            // Under `Interval` and `Never` a roll must not stall appends on the disk: the
+            // closed files are synced by the next `sync`, before the durable offset moves.
+            let mut unsynced = self.unsynced.lock();
+            unsynced.extend([
+                old.log_path.clone(),
+                old.index_path.clone(),
+                old.time_path.clone(),
+            ]);
         }
         let end = self.end.load(Ordering::Acquire);
-        let (file, index_file, time_file) = create_segment_files(&self.dir, end, &w.producers)?;
-        sync_dir(&self.dir)?;
+        let snapshot = Snapshot {
+            position: 0,
+            next_offset: end,
+            max_ts: i64::MIN,
+            max_rel: 0,
+            producers: w.producers.clone(),
+        };
+        let (file, index_file, time_file) = create_segment_files(&self.dir, end, &snapshot)?;
+        if always {
+            sync_dir(&self.dir)?;
+        }
         let file = Arc::new(file);
         let seg = Arc::new(Segment::active(
             &self.dir,
@@ -508,7 +567,9 @@ impl Log {
         self.segments.write().insert(end, Arc::clone(&seg));
         old.close();
         *self.sync_file.lock() = Arc::clone(&file);
-        self.durable.fetch_max(end, Ordering::AcqRel);
+        if always {
+            self.durable.fetch_max(end, Ordering::AcqRel);
+        }
         w.segment = seg;
         w.file = file;
         w.index_file = index_file;
@@ -517,6 +578,7 @@ impl Log {
         w.time_file_len = 0;
         w.pos = 0;
         w.reserved = 0;
+        w.snapshot_pos = 0;
         w.index = IndexBuilder::new(self.config.index_interval_bytes);
         Ok(())
     }
@@ -586,11 +648,25 @@ impl Log {
             }
             st.running = true;
             drop(st);
-            // Read the end before taking the file: a roll in between has already synced
-            // the older segment, so this file covers everything below `end`.
+            // Read the end, then the active file, then the closed-but-unsynced files: a roll
+            // in between queues the older segment before it swaps the active file, so
+            // together they cover everything below `end`.
             let end = self.end_offset();
             let file = Arc::clone(&self.sync_file.lock());
-            let result = self.fsync(&file, &self.dir);
+            let unsynced = std::mem::take(&mut *self.unsynced.lock());
+            let mut result = Ok(());
+            for path in &unsynced {
+                result = result.and_then(|()| match File::open(path) {
+                    Ok(f) => self.fsync(&f, path),
+                    // Deleted by retention meanwhile: nothing left to make durable.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(Error::io("open", path, e)),
+                });
+            }
+            if !unsynced.is_empty() {
+                result = result.and_then(|()| sync_dir(&self.dir));
+            }
+            let result = result.and_then(|()| self.fsync(&file, &self.dir));
             if result.is_ok() {
                 self.durable.fetch_max(end, Ordering::AcqRel);
                 *self.last_sync.lock() = Instant::now();
@@ -962,6 +1038,13 @@ impl Log {
         w.reserved = pos as u64;
         w.index = index;
         w.producers.truncate(offset);
+        // The segment's snapshot may describe the removed suffix: drop it (recovery then
+        // replays the segment's headers).
+        let snap = self.dir.join(segment::file_name(seg.base, "producers"));
+        if seg.base != offset || w.producers.is_empty() {
+            let _ = fs::remove_file(&snap);
+        }
+        w.snapshot_pos = 0;
         self.end.store(offset, Ordering::Release);
         let durable = self.durable_offset().min(offset);
         self.durable.store(durable, Ordering::Release);
@@ -1018,10 +1101,14 @@ impl Log {
 
     /// Writes the active segment's indexes out whole and syncs the log (a clean close).
     pub fn close(&self) -> Result<()> {
-        let w = self.writer.lock();
+        let mut w = self.writer.lock();
         if let Some((offsets, times)) = w.segment.active_index_bytes() {
             rewrite(&w.segment.index_path, &offsets)?;
             rewrite(&w.segment.time_path, &times)?;
+        }
+        if w.snapshot_pos != w.pos {
+            let end = self.end_offset();
+            self.write_snapshot(&mut w, end);
         }
         drop(w);
         if self.config.durability != Durability::Never {
@@ -1040,11 +1127,7 @@ impl Log {
     }
 }
 
-fn create_segment_files(
-    dir: &Path,
-    base: u64,
-    producers: &ProducerTable,
-) -> Result<(File, File, File)> {
+fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<(File, File, File)> {
     let open = |ext: &str| -> Result<File> {
         let path = dir.join(segment::file_name(base, ext));
         OpenOptions::new()
@@ -1059,15 +1142,17 @@ fn create_segment_files(
     let index = open("index")?;
     let time = open("timeindex")?;
     let snapshot_path = dir.join(segment::file_name(base, "producers"));
-    if producers.is_empty() {
+    if snapshot.producers.is_empty() {
         match fs::remove_file(&snapshot_path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &snapshot_path, e)),
         }
     } else {
+        // The producer state of older segments lives only here once they are deleted:
+        // make it durable.
         let snap = open("producers")?;
-        snap.write_all_at(&producers.encode(), 0)
+        snap.write_all_at(&snapshot.encode(), 0)
             .and_then(|()| snap.sync_data())
             .map_err(|e| Error::io("write", &snapshot_path, e))?;
     }

@@ -156,3 +156,60 @@ fn idempotent_retry_is_a_duplicate_across_reopen() {
             .duplicate
     );
 }
+
+#[test]
+fn reopen_checks_only_the_tail_and_keeps_producers_and_newest_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 8 * 1024 * 1024,
+        ..small_config()
+    };
+    let stamp = |s| ProducerStamp {
+        producer_id: 9,
+        producer_epoch: 0,
+        sequence: s,
+    };
+    {
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let log = storage.open_log("t/0", config.clone()).unwrap();
+        for s in 0..3000 {
+            // Flat timestamps except one early peak: the time index stays tiny.
+            let ts = if s == 10 { 9_000 } else { 5 };
+            log.append(&[record(s, ts)], stamp(s)).unwrap();
+        }
+        // No close(): as after a crash of the process.
+    }
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", config.clone()).unwrap();
+    let report = log.open_report().clone();
+    assert_eq!(report.end_offset, 3000);
+    assert!(
+        report.scanned_batches < 10,
+        "recovery checked {} batches; only the tail after the last index entry should be",
+        report.scanned_batches
+    );
+    assert_eq!(log.offset_for_timestamp(9_000).unwrap(), 10);
+    assert!(
+        log.append(&[record(2999, 5)], stamp(2999))
+            .unwrap()
+            .duplicate
+    );
+    log.close().unwrap();
+    drop(log);
+    drop(storage);
+    // After a clean close the snapshot sits at the end: nothing to replay.
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", config).unwrap();
+    assert!(log.open_report().scanned_batches < 10);
+    assert!(
+        log.append(&[record(2999, 5)], stamp(2999))
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(
+        log.append(&[record(3000, 5)], stamp(3000))
+            .unwrap()
+            .base_offset,
+        3000
+    );
+}

@@ -12,7 +12,65 @@ use crate::error::{Error, Result};
 pub const REMEMBERED_BATCHES: usize = 8;
 
 const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"SPLP");
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
+
+/// The state of a segment at a batch boundary, saved so recovery can start from it instead
+/// of replaying every batch header: written (fsync'd) when a segment starts, and, without an
+/// fsync, periodically and on a clean close. Derived data: checked by CRC and against the
+/// log, and ignored when it disagrees.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Byte position in the segment of the batch boundary the state is taken at.
+    pub position: u64,
+    /// The offset of the batch starting at `position`.
+    pub next_offset: u64,
+    /// Largest record timestamp before `position` (`i64::MIN` if none).
+    pub max_ts: i64,
+    /// Relative offset of the batch that reached `max_ts`.
+    pub max_rel: u32,
+    pub producers: ProducerTable,
+}
+
+impl Snapshot {
+    /// Serialises the snapshot; see `docs/format.md` ("segment snapshot").
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
+        out.push(SNAPSHOT_VERSION);
+        out.extend_from_slice(&self.position.to_le_bytes());
+        out.extend_from_slice(&self.next_offset.to_le_bytes());
+        out.extend_from_slice(&self.max_ts.to_le_bytes());
+        out.extend_from_slice(&self.max_rel.to_le_bytes());
+        self.producers.encode_into(&mut out);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses a snapshot; `None` when it is torn, corrupt or of another version.
+    pub fn decode(buf: &[u8]) -> Option<Snapshot> {
+        let (body, crc) = buf.split_at_checked(buf.len().checked_sub(4)?)?;
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+            return None;
+        }
+        let mut r = Reader { buf: body, pos: 0 };
+        if r.u32()? != SNAPSHOT_MAGIC || r.u8()? != SNAPSHOT_VERSION {
+            return None;
+        }
+        let position = r.u64()?;
+        let next_offset = r.u64()?;
+        let max_ts = r.u64()? as i64;
+        let max_rel = r.u32()?;
+        let producers = ProducerTable::decode_from(&mut r)?;
+        (r.pos == body.len()).then_some(Snapshot {
+            position,
+            next_offset,
+            max_ts,
+            max_rel,
+            producers,
+        })
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
@@ -116,11 +174,7 @@ impl ProducerTable {
         self.producers.is_empty()
     }
 
-    /// Serialises the table; see `docs/format.md` ("producer snapshot").
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
-        out.push(SNAPSHOT_VERSION);
+    fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.producers.len() as u32).to_le_bytes());
         let mut ids: Vec<_> = self.producers.keys().copied().collect();
         ids.sort_unstable();
@@ -135,21 +189,9 @@ impl ProducerTable {
                 out.extend_from_slice(&e.record_count.to_le_bytes());
             }
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
     }
 
-    /// Parses a snapshot; `None` when it is torn or corrupt.
-    pub fn decode(buf: &[u8]) -> Option<ProducerTable> {
-        let (body, crc) = buf.split_at_checked(buf.len().checked_sub(4)?)?;
-        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
-            return None;
-        }
-        let mut r = Reader { buf: body, pos: 0 };
-        if r.u32()? != SNAPSHOT_MAGIC || r.u8()? != SNAPSHOT_VERSION {
-            return None;
-        }
+    fn decode_from(r: &mut Reader<'_>) -> Option<ProducerTable> {
         let mut table = ProducerTable::default();
         for _ in 0..r.u32()? {
             let id = r.u64()?;
@@ -165,7 +207,7 @@ impl ProducerTable {
             }
             table.producers.insert(id, State { epoch, recent });
         }
-        (r.pos == body.len()).then_some(table)
+        Some(table)
     }
 }
 
@@ -260,14 +302,21 @@ mod tests {
         t.observe(&header(1, 0, 0, 2));
         t.observe(&header(2, 0, 2, 1));
         t.observe(&header(1, 1, 3, 5));
-        let bytes = t.encode();
-        assert_eq!(ProducerTable::decode(&bytes), Some(t.clone()));
+        let snap = Snapshot {
+            position: 4096,
+            next_offset: 8,
+            max_ts: -5,
+            max_rel: 3,
+            producers: t,
+        };
+        let bytes = snap.encode();
+        assert_eq!(Snapshot::decode(&bytes), Some(snap.clone()));
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
-            assert_eq!(ProducerTable::decode(&bad), None, "flip at {i}");
+            assert_eq!(Snapshot::decode(&bad), None, "flip at {i}");
         }
-        assert_eq!(ProducerTable::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(Snapshot::decode(&bytes[..bytes.len() - 1]), None);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Recovery of a log's last segment after any shutdown, clean or not.
 //!
-//! Policy: the log ends at the first batch whose length, magic, CRC or base offset fails.
-//! Scanning starts from the last index entry that points at a valid batch (so a restart costs
-//! a short scan whatever the size of the data), the tail after the valid end is cut off,
-//! the indexes are re-derived for the scanned part, and the bytes dropped are reported.
-//! Closed segments are not scanned: their damage is found by reads (never served) and by
-//! [`crate::Log::verify`].
+//! Policy: the log ends at the first batch whose length, magic, version, CRC or base offset
+//! fails. The CRC scan starts at the last index entry that points at a valid batch, so a
+//! restart checks only the tail whatever the size of the data; the tail after the valid end
+//! is cut off, the indexes are re-derived for the scanned part, and the bytes dropped are
+//! reported. Producer state and the segment's newest timestamp come from the segment's
+//! snapshot plus the batch headers after it (read without a CRC check: they precede the
+//! scanned tail, which was valid when it was written). Closed segments are not scanned:
+//! their damage is found by reads (never served) and by [`crate::Log::verify`].
 
 use std::fs::File;
 use std::path::Path;
@@ -14,7 +16,7 @@ use crate::batch::BatchHeader;
 use crate::error::{Error, Result};
 use crate::index;
 use crate::mmap::MappedFile;
-use crate::producer::ProducerTable;
+use crate::producer::{ProducerTable, Snapshot};
 use crate::segment::{self, IndexBuilder, Probe};
 
 /// The state of a last segment after recovery.
@@ -24,14 +26,15 @@ pub struct RecoveredTail {
     /// The offset after the last valid batch.
     pub end: u64,
     pub index: IndexBuilder,
+    pub producers: ProducerTable,
     /// Bytes that were cut off after the valid end (zeroed preallocation not counted).
     pub dropped: u64,
-    /// Batches whose CRC was checked during the scan.
+    /// Batches whose CRC recovery checked.
     pub scanned_batches: u64,
 }
 
-/// Recovers the segment in `file` (base offset `base`) given its index files' contents, and
-/// replays its batch headers into `producers`.
+/// Recovers the segment in `file` (base offset `base`) from its index files' contents and
+/// its snapshot, if any.
 pub fn recover_tail(
     path: &Path,
     file: &File,
@@ -39,7 +42,7 @@ pub fn recover_tail(
     offset_index: &[u8],
     time_index: &[u8],
     interval: u32,
-    producers: &mut ProducerTable,
+    snapshot: Option<Snapshot>,
 ) -> Result<RecoveredTail> {
     let file_len = file
         .metadata()
@@ -50,28 +53,12 @@ pub fn recover_tail(
         .view(0, map.len())
         .map_err(|e| Error::io("view", path, e))?;
 
+    // 1. Where the CRC scan starts: the last offset entry that points at a valid batch.
     let offsets = &offset_index[..index::valid_offset_prefix(offset_index, file_len)];
-    let times = &time_index[..index::valid_time_prefix(time_index, u64::MAX)];
-
-    // The scan must cover the last time entry's batch so the running maximum is exact, and
-    // everything after the last offset entry, whose batches may be torn.
-    let last_off_rel = index::offset_entries(offsets)
-        .checked_sub(1)
-        .map(|i| index::offset_entry(offsets, i).rel);
-    let last_time_rel = index::last_time_entry(times).map(|e| e.rel);
-    let want_rel = match (last_off_rel, last_time_rel) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(a), None) => a,
-        (None, _) => 0,
-    };
-    // Walk back from the entry at or below `want_rel` to one that points at a valid batch.
     let mut kept = 0;
     let mut start = (0usize, base);
     for i in (0..index::offset_entries(offsets)).rev() {
         let e = index::offset_entry(offsets, i);
-        if e.rel > want_rel {
-            continue;
-        }
         let at = base + u64::from(e.rel);
         if matches!(segment::probe(&data, e.pos as usize, at), Probe::Batch(_)) {
             kept = i + 1;
@@ -80,60 +67,108 @@ pub fn recover_tail(
         }
     }
 
-    let mut builder = IndexBuilder::new(interval);
-    builder.offsets = offsets[..kept * index::OFFSET_ENTRY_LEN].to_vec();
-    builder.last_offset_pos = start.0 as u64;
+    // 2. Scan the tail with full checks, keeping the headers for the replay below.
+    let mut tail = Vec::new();
+    let (mut pos, mut expected) = start;
+    while pos < data.len() {
+        let Probe::Batch(h) = segment::probe(&data, pos, expected) else {
+            break;
+        };
+        tail.push((pos, h));
+        pos += h.total_len;
+        expected = h.next_offset();
+    }
+    let (valid_end, end) = (pos, expected);
+
+    // 3. Replay producer state and the newest timestamp: from the snapshot if it sits on a
+    //    batch boundary of the valid log, else from the segment's first batch.
+    let boundary_in_tail = |p: u64, o: u64| {
+        (p == valid_end as u64 && o == end)
+            || tail
+                .iter()
+                .any(|(tp, h)| *tp as u64 == p && h.base_offset == o)
+    };
+    let usable = snapshot.filter(|s| {
+        if s.position as usize <= start.0 {
+            s.position as usize == start.0 && s.next_offset == start.1
+                || segment::hop(&data, s.position as usize)
+                    .is_ok_and(|h| h.base_offset == s.next_offset)
+        } else {
+            boundary_in_tail(s.position, s.next_offset)
+        }
+    });
+    let (mut producers, mut max_ts, mut max_rel, from) = match usable {
+        Some(s) => (
+            s.producers,
+            s.max_ts,
+            s.max_rel,
+            (s.position as usize, s.next_offset),
+        ),
+        None => (ProducerTable::default(), i64::MIN, 0, (0, base)),
+    };
+    let mut observe = |h: &BatchHeader, producers: &mut ProducerTable| {
+        producers.observe(h);
+        if h.max_timestamp_ms > max_ts {
+            max_ts = h.max_timestamp_ms;
+            max_rel = (h.base_offset - base) as u32;
+        }
+    };
+    let (mut pos, mut expected) = from;
+    let mut hopped_ok = true;
+    while pos < start.0 {
+        match segment::hop(&data, pos) {
+            Ok(h) if h.base_offset == expected => {
+                observe(&h, &mut producers);
+                pos += h.total_len;
+                expected = h.next_offset();
+            }
+            _ => {
+                hopped_ok = false;
+                break;
+            }
+        }
+    }
+    if !hopped_ok || pos != start.0.max(from.0) {
+        // The trusted prefix disagrees with the index: distrust both and start over with
+        // a full checked scan of the segment.
+        tracing::warn!(segment = %path.display(), "segment index disagrees with the log; rescanning it whole");
+        drop(data);
+        drop(map);
+        return recover_tail(path, file, base, &[], &[], interval, None);
+    }
+    for (p, h) in &tail {
+        if *p >= from.0 {
+            observe(h, &mut producers);
+        }
+    }
+
+    // 4. Indexes: keep the entries before the scan start, re-derive the rest.
     let start_rel = (start.1 - base) as u32;
+    let times = &time_index[..index::valid_time_prefix(time_index, u64::MAX)];
     let time_kept = (0..index::time_entries(times))
         .take_while(|&i| {
             let e = &times[i * index::TIME_ENTRY_LEN..(i + 1) * index::TIME_ENTRY_LEN];
             u32::from_le_bytes([e[8], e[9], e[10], e[11]]) < start_rel
         })
         .count();
+    let mut builder = IndexBuilder::new(interval);
+    builder.offsets = offsets[..kept * index::OFFSET_ENTRY_LEN].to_vec();
+    builder.last_offset_pos = start.0 as u64;
     builder.times = times[..time_kept * index::TIME_ENTRY_LEN].to_vec();
     if let Some(e) = index::last_time_entry(&builder.times) {
         builder.max_ts = e.ts;
         builder.max_rel = e.rel;
         builder.last_time_ts = e.ts;
-        // The kept entry's position is not known here; allow the next entry at once.
-        builder.last_time_pos = None;
+    }
+    for (p, h) in &tail {
+        builder.observe(*p as u64, (h.base_offset - base) as u32, h);
+    }
+    if max_ts > builder.max_ts {
+        builder.max_ts = max_ts;
+        builder.max_rel = max_rel;
     }
 
-    // Replay producer state from the trusted prefix, header by header.
-    let mut pos = 0usize;
-    let mut expected = base;
-    while pos < start.0 {
-        match segment::hop(&data, pos) {
-            Ok(h) if h.base_offset == expected => {
-                producers.observe(&h);
-                pos += h.total_len;
-                expected = h.next_offset();
-            }
-            _ => break,
-        }
-    }
-    if pos != start.0 {
-        // The prefix disagrees with the index: distrust it and scan everything.
-        builder = IndexBuilder::new(interval);
-        start = (0, base);
-        *producers = ProducerTable::default();
-    }
-
-    let mut pos = start.0;
-    let mut expected = start.1;
-    let mut scanned = 0;
-    while pos < data.len() {
-        let Probe::Batch(h) = segment::probe(&data, pos, expected) else {
-            break;
-        };
-        let h: BatchHeader = h;
-        builder.observe(pos as u64, (h.base_offset - base) as u32, &h);
-        producers.observe(&h);
-        pos += h.total_len;
-        expected = h.next_offset();
-        scanned += 1;
-    }
-    let valid_end = pos;
+    // 5. Cut whatever follows the valid end.
     let dropped = data[valid_end..]
         .iter()
         .rposition(|&b| b != 0)
@@ -154,9 +189,10 @@ pub fn recover_tail(
     }
     Ok(RecoveredTail {
         len: valid_end as u64,
-        end: expected,
+        end,
         index: builder,
+        producers,
         dropped,
-        scanned_batches: scanned,
+        scanned_batches: tail.len() as u64,
     })
 }
