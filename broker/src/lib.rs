@@ -9,6 +9,7 @@
 //!   gRPC codes in one place.
 //! - `metrics`: Prometheus metrics at `/metrics`.
 //! - `server`: start-up, serving, retention, graceful shutdown.
+//! - `verify`: `spoold verify`, the offline integrity check of a data directory.
 //! - `error`: the broker's error enum.
 //! - `testing`: an in-process broker on a temporary directory, for examples and tests.
 //!
@@ -26,6 +27,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod testing;
+pub mod verify;
 
 pub use config::BrokerConfig;
 pub use error::{Error, Result};
