@@ -200,6 +200,32 @@ impl Coordinator {
         }
     }
 
+    /// `member` left the group on purpose (its stream `conn` has stopped delivering):
+    /// its partitions rebalance to the others at once.
+    pub fn remove(&self, group: &str, topic: &str, member: &str, conn: u64) {
+        let key = (group.to_string(), topic.to_string());
+        let mut groups = self.groups.lock();
+        let Some(g) = groups.get_mut(&key) else {
+            return;
+        };
+        let current = g
+            .members
+            .get(member)
+            .and_then(|m| m.conn.as_ref())
+            .is_some_and(|c| c.id == conn);
+        if !current {
+            return;
+        }
+        g.members.remove(member);
+        g.holders.retain(|_, h| h.member != member);
+        tracing::info!(group, topic, member, "member left");
+        if g.members.is_empty() {
+            groups.remove(&key);
+        } else {
+            rebalance(g);
+        }
+    }
+
     /// `member`'s stream `conn` stopped delivering `partitions` (they were revoked).
     pub fn release(&self, group: &str, topic: &str, member: &str, conn: u64, partitions: &[u32]) {
         let mut groups = self.groups.lock();

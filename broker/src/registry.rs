@@ -236,8 +236,10 @@ impl Registry {
             }
         };
         let or = |v: u64, default: u64| if v == 0 { default } else { v };
+        // The default never exceeds what one request can carry; an explicit value must fit.
+        let request_cap = u32::try_from(self.config.max_request_bytes).unwrap_or(u32::MAX);
         let max_record_bytes = if req.max_record_bytes == 0 {
-            d.max_record_bytes
+            d.max_record_bytes.min(request_cap)
         } else {
             req.max_record_bytes
         };

@@ -113,6 +113,9 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
 
     let server_token = token.clone();
     let server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted,
+        ))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
@@ -188,6 +191,27 @@ impl Running {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// tonic answers a request over the decoding limit with `OUT_OF_RANGE`; the API promises
+/// `RESOURCE_EXHAUSTED` (the gRPC convention for a message over a size limit). Rewrites the
+/// status of such trailers-only answers.
+fn oversized_is_resource_exhausted<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let headers = resp.headers_mut();
+    let oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            let m = m.as_bytes();
+            m.windows(9).any(|w| w == b"too%20lar") || m.windows(9).any(|w| w == b"too large")
+        });
+    if oversized {
+        headers.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+    resp
 }
 
 fn local_addr(l: &TcpListener) -> Result<SocketAddr> {

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use spool_proto::v1::consume_request::Kind as Req;
 use spool_proto::v1::consume_response::Kind as Resp;
 use spool_proto::v1::start_position::Kind;
 use spool_proto::v1::*;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Code;
 
 use crate::client::Client;
@@ -281,6 +280,7 @@ enum Ctl {
         conn: u64,
         batch_count: u64,
     },
+    Leave(oneshot::Sender<()>),
 }
 
 /// An item travelling to the caller: a message plus the stream and batch it came in.
@@ -313,10 +313,9 @@ struct Delivered {
 pub struct GroupConsumer {
     rx: mpsc::Receiver<Result<Delivered>>,
     ctl: mpsc::UnboundedSender<Ctl>,
-    state: Arc<Mutex<MemberState>>,
+    state: watch::Receiver<MemberState>,
     auto_commit: bool,
     last: Option<(u64, u64)>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl GroupConsumer {
@@ -330,28 +329,42 @@ impl GroupConsumer {
         client.describe_topic(topic).await?;
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let state = Arc::new(Mutex::new(MemberState {
+        let (state_tx, state) = watch::channel(MemberState {
             member_id: options.member_id.clone().unwrap_or_default(),
             ..MemberState::default()
-        }));
+        });
         let auto_commit = options.auto_commit;
         let member = Member {
             client: client.clone(),
             group: group.to_string(),
             topic: topic.to_string(),
             options,
-            state: Arc::clone(&state),
+            state: state_tx,
             tx,
         };
-        let task = tokio::spawn(member.run(ctl_rx));
+        tokio::spawn(member.run(ctl_rx));
         Ok(GroupConsumer {
             rx,
             ctl,
             state,
             auto_commit,
             last: None,
-            task,
         })
+    }
+
+    /// Leaves the group: the broker finishes commits already sent and hands this member's
+    /// partitions to the others at once. (Dropping the consumer leaves too, without
+    /// waiting.)
+    pub async fn close(self) -> Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.ctl.send(Ctl::Leave(done)).map_err(|_| Error::Closed)?;
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// A receiver of the member's assignment, updated after every rebalance.
+    pub fn assignments(&self) -> watch::Receiver<MemberState> {
+        self.state.clone()
     }
 
     /// Commits `offset` (the next offset to read) for a partition this member owns, and
@@ -369,14 +382,15 @@ impl GroupConsumer {
     }
 
     /// The member id, generation and partitions of the latest assignment.
-    pub async fn state(&self) -> MemberState {
-        self.state.lock().await.clone()
+    pub fn state(&self) -> MemberState {
+        self.state.borrow().clone()
     }
 }
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
-        self.task.abort();
+        let (done, _) = oneshot::channel();
+        let _ = self.ctl.send(Ctl::Leave(done));
     }
 }
 
@@ -408,20 +422,31 @@ struct Member {
     group: String,
     topic: String,
     options: GroupOptions,
-    state: Arc<Mutex<MemberState>>,
+    state: watch::Sender<MemberState>,
     tx: mpsc::Sender<Result<Delivered>>,
 }
+
+/// Commits sent and not yet answered, resent after a reconnect.
+type Waiting = HashMap<(u32, u64), Vec<oneshot::Sender<Result<()>>>>;
 
 impl Member {
     async fn run(self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
         let mut attempt = 0;
         let mut conn = 0u64;
+        let mut waiting = Waiting::new();
         loop {
             conn += 1;
-            let failure = self.session(conn, &mut ctl, &mut attempt).await;
+            let failure = self
+                .session(conn, &mut ctl, &mut attempt, &mut waiting)
+                .await;
             match failure {
                 None => return,
                 Some(e) if !e.is_retriable() || e.code() == Some(Code::Aborted) => {
+                    for (_, ws) in waiting.drain() {
+                        for w in ws {
+                            let _ = w.send(Err(e.clone()));
+                        }
+                    }
                     let _ = self.tx.send(Err(e)).await;
                     return;
                 }
@@ -440,8 +465,9 @@ impl Member {
         conn: u64,
         ctl: &mut mpsc::UnboundedReceiver<Ctl>,
         attempt: &mut u32,
+        waiting: &mut Waiting,
     ) -> Option<Error> {
-        let member_id = self.state.lock().await.member_id.clone();
+        let member_id = self.state.borrow().member_id.clone();
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let join = ConsumeRequest {
             kind: Some(Req::Join(JoinGroup {
@@ -455,6 +481,12 @@ impl Member {
             })),
         };
         let _ = req_tx.send(join);
+        // Commits that were in flight when the previous stream broke go out again.
+        for &(partition, offset) in waiting.keys() {
+            let _ = req_tx.send(ConsumeRequest {
+                kind: Some(Req::Commit(CommitRequest { partition, offset })),
+            });
+        }
         let mut stream = match self
             .client
             .raw()
@@ -465,8 +497,8 @@ impl Member {
             Err(status) => return Some(self.client.error(status)),
         };
         let mut local: VecDeque<Delivered> = VecDeque::new();
-        let mut waiting: HashMap<(u32, u64), Vec<oneshot::Sender<Result<()>>>> = HashMap::new();
         let mut batch = 0u64;
+        let mut leaving: Option<oneshot::Sender<()>> = None;
         let failure = loop {
             let tx = self.tx.clone();
             tokio::select! {
@@ -481,11 +513,11 @@ impl Member {
                         *attempt = 0;
                         match m.kind {
                             Some(Resp::Assignment(a)) => {
-                                *self.state.lock().await = MemberState {
+                                self.state.send_replace(MemberState {
                                     member_id: a.member_id,
                                     generation: a.generation,
                                     partitions: a.partitions,
-                                };
+                                });
                             }
                             Some(Resp::Batch(b)) => {
                                 for r in b.records {
@@ -512,14 +544,28 @@ impl Member {
                             None => {}
                         }
                     }
+                    Ok(None) if leaving.is_some() => {
+                        if let Some(done) = leaving.take() {
+                            let _ = done.send(());
+                        }
+                        return None;
+                    }
                     Ok(None) => break Error::Unreachable {
                         endpoint: self.client.endpoint().to_string(),
                         reason: "the broker closed the stream".into(),
                     },
                     Err(status) => break self.client.error(status),
                 },
-                c = ctl.recv() => match c {
-                    None => return None,
+                c = ctl.recv(), if leaving.is_none() => match c {
+                    None => {
+                        let _ = req_tx.send(ConsumeRequest { kind: Some(Req::Leave(LeaveGroup {})) });
+                        let (done, _) = oneshot::channel();
+                        leaving = Some(done);
+                    }
+                    Some(Ctl::Leave(done)) => {
+                        let _ = req_tx.send(ConsumeRequest { kind: Some(Req::Leave(LeaveGroup {})) });
+                        leaving = Some(done);
+                    }
                     Some(Ctl::Commit { partition, offset, reply }) => {
                         waiting.entry((partition, offset)).or_default().push(reply);
                         let _ = req_tx.send(ConsumeRequest {
@@ -536,10 +582,10 @@ impl Member {
                 },
             }
         };
-        for (_, ws) in waiting {
-            for w in ws {
-                let _ = w.send(Err(failure.clone()));
-            }
+        if let Some(done) = leaving {
+            // Leaving and the stream broke: the broker's session timeout finishes the job.
+            let _ = done.send(());
+            return None;
         }
         Some(failure)
     }

@@ -18,7 +18,7 @@ pub enum Error {
     #[error("invalid broker address {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     /// The broker refused or failed the request.
-    #[error("{message} ({code:?})")]
+    #[error("{message}")]
     Broker { code: Code, message: String },
     /// A request took longer than the configured timeout.
     #[error("no answer from the broker within {0:?}")]

@@ -1,6 +1,8 @@
-//! `spool`: the command line (being built).
+//! `spool`: Spool's command line. Everything lives in `cli/`; see its module docs for the
+//! commands and the exit codes.
 
-fn main() {
-    eprintln!("spool: the command line is being built; use the spool-client library meanwhile");
-    std::process::exit(2);
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -135,7 +135,19 @@ pub fn pipelined(
             let req = match next {
                 None => return,
                 Some(Err(status)) => {
-                    tracing::debug!(%status, "append stream ended by the client");
+                    if status.code() == tonic::Code::OutOfRange
+                        && status.message().contains("too large")
+                    {
+                        // A request over the size limit: answer with the API's code.
+                        let e = Error::ResourceExhausted(format!(
+                            "request over the broker's limit of {} bytes: {}",
+                            inner.config.max_request_bytes,
+                            status.message()
+                        ));
+                        let _ = pending_tx.send(Pending::Done(Err(e))).await;
+                    } else {
+                        tracing::debug!(%status, "append stream ended by the client");
+                    }
                     return;
                 }
                 Some(Ok(req)) => req,

@@ -142,6 +142,8 @@ struct Session {
     committing: Option<BTreeSet<u32>>,
     /// Revoked partitions waiting for an in-flight commit before their release.
     release_after_commit: Vec<u32>,
+    /// The member sent `LeaveGroup`.
+    leaving: bool,
 }
 
 /// Tells the coordinator the stream ended, however the session task exits.
@@ -200,6 +202,7 @@ impl Session {
             commit_queue: BTreeMap::new(),
             committing: None,
             release_after_commit: Vec::new(),
+            leaving: false,
         }
     }
 
@@ -260,10 +263,24 @@ impl Session {
         // Let a commit already in flight land before the partitions are handed over.
         while self.committing.is_some() {
             match self.work.next().await {
-                Some(Event::Committed { .. }) => self.committing = None,
+                Some(ev @ Event::Committed { .. }) => {
+                    let _ = self.on_event(ev);
+                    self.committing = None;
+                }
                 Some(_) => {}
                 None => break,
             }
+        }
+        if self.leaving {
+            // Flush the answers still queued (commit acks), then leave for good.
+            while let Some(msg) = self.outq.pop_front() {
+                if self.tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+            self.inner
+                .groups
+                .remove(&self.group, &self.topic.name, &self.member_id, self.conn);
         }
     }
 
@@ -421,6 +438,10 @@ impl Session {
                 ));
             }
             Some(Req::Commit(c)) => self.queue_commit(c.partition, c.offset),
+            Some(Req::Leave(_)) => {
+                self.leaving = true;
+                return Ok(false);
+            }
             Some(Req::Ack(a)) => {
                 let mut upto: BTreeMap<u32, u64> = BTreeMap::new();
                 while let Some(&(seq, p, end)) = self.delivered.front() {

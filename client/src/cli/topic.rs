@@ -1,0 +1,192 @@
+//! `spool topic create|list|describe|delete`.
+
+use clap::{Args, Subcommand, ValueEnum};
+use spool_client::Client;
+use spool_client::v1::{FsyncPolicy, TopicConfig, TopicInfo};
+
+use super::output::{self, Table};
+
+#[derive(Subcommand, Debug)]
+pub enum TopicCommand {
+    /// Create a topic with a fixed number of partitions.
+    #[command(after_help = "\
+Example:
+  spool topic create orders --partitions 6 --retention-ms 604800000 --fsync interval
+
+Options left out take the broker's defaults.")]
+    Create(CreateArgs),
+    /// List every topic with its partitions, record count, size and fsync policy.
+    #[command(after_help = "Example:\n  spool topic list")]
+    List,
+    /// Show a topic's configuration and each partition's offsets and size.
+    #[command(after_help = "Example:\n  spool topic describe orders")]
+    Describe {
+        /// The topic.
+        name: String,
+    },
+    /// Delete a topic, its records and the groups' committed offsets on it.
+    #[command(after_help = "Example:\n  spool topic delete orders")]
+    Delete {
+        /// The topic.
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The topic's name: 1 to 249 characters from [A-Za-z0-9._-].
+    name: String,
+    /// Number of partitions (1 to 10,000), fixed for the topic's life.
+    #[arg(long, short)]
+    partitions: u32,
+    /// Most bytes one partition keeps; the oldest segments go first.
+    #[arg(long, value_name = "BYTES")]
+    retention_bytes: Option<u64>,
+    /// Remove a segment once its newest record is older than this, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    retention_ms: Option<u64>,
+    /// Size at which a partition rolls to a new segment file (at least 64 KiB).
+    #[arg(long, value_name = "BYTES")]
+    segment_bytes: Option<u64>,
+    /// When appends reach the disk.
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+    /// With --fsync interval: time between fsyncs, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    fsync_interval_ms: Option<u64>,
+    /// Largest record accepted (key, value and headers together), in bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_record_bytes: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Fsync {
+    /// Every append is fsynced before it is acknowledged.
+    Always,
+    /// Fsync every --fsync-interval-ms; a crash may lose the last interval.
+    Interval,
+    /// Leave write-back to the operating system.
+    Never,
+}
+
+pub async fn run(client: &Client, cmd: TopicCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicCommand::Create(args) => create(client, args).await,
+        TopicCommand::List => list(client).await,
+        TopicCommand::Describe { name } => describe(client, &name).await,
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+            Ok(())
+        }
+    }
+}
+
+async fn create(client: &Client, a: CreateArgs) -> anyhow::Result<()> {
+    let fsync = match a.fsync {
+        None => FsyncPolicy::Unspecified,
+        Some(Fsync::Always) => FsyncPolicy::Always,
+        Some(Fsync::Interval) => FsyncPolicy::Interval,
+        Some(Fsync::Never) => FsyncPolicy::Never,
+    };
+    let config = TopicConfig {
+        retention_bytes: a.retention_bytes.unwrap_or(0),
+        retention_ms: a.retention_ms.unwrap_or(0),
+        segment_bytes: a.segment_bytes.unwrap_or(0),
+        fsync: fsync as i32,
+        fsync_interval_ms: a.fsync_interval_ms.unwrap_or(0),
+        max_record_bytes: a.max_record_bytes.unwrap_or(0),
+    };
+    let info = client.create_topic(&a.name, a.partitions, config).await?;
+    println!(
+        "created topic {} with {} partition{}",
+        info.name,
+        info.partitions,
+        if info.partitions == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+async fn list(client: &Client) -> anyhow::Result<()> {
+    let topics = client.list_topics().await?;
+    let mut t = Table::new(&[
+        ("NAME", false),
+        ("PARTITIONS", true),
+        ("RECORDS", true),
+        ("SIZE", true),
+        ("FSYNC", false),
+    ]);
+    for info in &topics {
+        let config = info.config.unwrap_or_default();
+        t.row(vec![
+            info.name.clone(),
+            info.partitions.to_string(),
+            output::count(records(info)),
+            output::bytes(info.partition_info.iter().map(|p| p.size_bytes).sum()),
+            output::fsync(config.fsync, config.fsync_interval_ms),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+/// Records retained: the sum of `end - start` over the partitions.
+fn records(info: &TopicInfo) -> u64 {
+    info.partition_info
+        .iter()
+        .map(|p| p.end_offset.saturating_sub(p.start_offset))
+        .sum()
+}
+
+async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
+    let info = client.describe_topic(name).await?;
+    let c = info.config.unwrap_or_default();
+    let mut config = Table::new(&[("SETTING", false), ("VALUE", false)]);
+    let rows = [
+        ("name", info.name.clone()),
+        ("partitions", info.partitions.to_string()),
+        ("records", output::count(records(&info))),
+        (
+            "retention-bytes",
+            output::limit(c.retention_bytes, output::bytes),
+        ),
+        (
+            "retention-ms",
+            output::limit(c.retention_ms, |ms| {
+                format!(
+                    "{ms} ({})",
+                    humantime::format_duration(std::time::Duration::from_millis(ms))
+                )
+            }),
+        ),
+        ("segment-bytes", output::bytes(c.segment_bytes)),
+        ("fsync", output::fsync(c.fsync, c.fsync_interval_ms)),
+        (
+            "max-record-bytes",
+            output::limit(u64::from(c.max_record_bytes), output::bytes),
+        ),
+    ];
+    for (k, v) in rows {
+        config.row(vec![k.to_string(), v]);
+    }
+    print!("{}", config.render());
+    println!();
+    let mut parts = Table::new(&[
+        ("PARTITION", true),
+        ("START", true),
+        ("END", true),
+        ("RECORDS", true),
+        ("SIZE", true),
+    ]);
+    for p in &info.partition_info {
+        parts.row(vec![
+            p.partition.to_string(),
+            p.start_offset.to_string(),
+            p.end_offset.to_string(),
+            output::count(p.end_offset.saturating_sub(p.start_offset)),
+            output::bytes(p.size_bytes),
+        ]);
+    }
+    print!("{}", parts.render());
+    Ok(())
+}
