@@ -155,12 +155,22 @@ impl Coordinator {
         let Some(g) = groups.get_mut(&key) else {
             return;
         };
+        // The stream has stopped delivering: what it held outside the member's current
+        // target (revoked while it was ending) is free now; the rest waits for the member.
+        let target = g
+            .members
+            .get(member)
+            .map(|m| m.target.clone())
+            .unwrap_or_default();
+        g.holders
+            .retain(|p, h| !(h.member == member && h.conn == Some(conn) && !target.contains(p)));
         for h in g.holders.values_mut() {
             if h.member == member && h.conn == Some(conn) {
                 h.conn = None;
             }
         }
         let Some(m) = g.members.get_mut(member) else {
+            dispatch(g);
             return;
         };
         if m.conn.as_ref().is_some_and(|c| c.id == conn) {

@@ -14,6 +14,7 @@
 //! - `flusher`: the background thread behind [`Durability::Interval`].
 //! - `mmap`: the only `unsafe` code, a read-only map behind a safe API.
 //! - [`error`]: the one error enum of this layer.
+//! - [`faults`]: fault injection for tests (feature `fault-injection`).
 //!
 //! # Invariants
 //! - Bytes of a segment below its published length are never modified while mapped;
@@ -27,6 +28,7 @@ pub mod batch;
 mod cache;
 pub mod config;
 pub mod error;
+pub mod faults;
 mod flusher;
 pub mod index;
 pub mod log;

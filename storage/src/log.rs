@@ -21,6 +21,7 @@ use crate::Shared;
 use crate::batch::{self, Batch, ProducerStamp, Record, StoredRecord};
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
+use crate::faults;
 use crate::producer::{ProducerTable, Snapshot, Verdict};
 use crate::recovery;
 use crate::segment::{self, ActiveIndex, IndexBuilder, Probe, Segment};
@@ -182,6 +183,29 @@ impl Log {
                 tracing::warn!(path = %snapshot_path.display(), "segment snapshot is damaged; replaying the segment's batch headers instead");
                 None
             }),
+        };
+        // Without a usable snapshot of its own, a later segment inherits the producer state
+        // of the one before it (a crash can interrupt a roll, or the file can be damaged).
+        let snapshot = match (snapshot, bases.len()) {
+            (Some(s), _) => Some(s),
+            (None, n) if n >= 2 => {
+                let prev = bases[n - 2];
+                let prev_snapshot =
+                    read_optional(&dir.join(segment::file_name(prev, "producers")))?;
+                let producers = recovery::producers_after(
+                    &dir.join(segment::file_name(prev, "log")),
+                    prev,
+                    Snapshot::decode(&prev_snapshot),
+                )?;
+                Some(Snapshot {
+                    position: 0,
+                    next_offset: base,
+                    max_ts: i64::MIN,
+                    max_rel: 0,
+                    producers,
+                })
+            }
+            (None, _) => None,
         };
         let tail = recovery::recover_tail(
             &log_path,
@@ -426,8 +450,8 @@ impl Log {
         }
         self.reserve(w, w.pos + len)?;
         let seg = Arc::clone(&w.segment);
-        w.file
-            .write_all_at(buf, w.pos)
+        faults::check(faults::Op::Write, &seg.log_path)
+            .and_then(|()| w.file.write_all_at(buf, w.pos))
             .map_err(|e| Error::io("write", &seg.log_path, e))?;
         let pos = w.pos;
         w.pos += len;
@@ -499,7 +523,8 @@ impl Log {
         }
         let step = (w.reserved + self.config.preallocate_bytes).min(self.config.segment_bytes);
         let target = need.max(step);
-        allocate(&w.file, w.reserved, target - w.reserved)
+        faults::check(faults::Op::Allocate, &w.segment.log_path)
+            .and_then(|()| allocate(&w.file, w.reserved, target - w.reserved))
             .map_err(|e| Error::io("fallocate", &w.segment.log_path, e))?;
         w.reserved = target;
         Ok(())
@@ -584,12 +609,19 @@ impl Log {
     }
 
     fn fsync(&self, file: &File, path: &Path) -> Result<()> {
-        file.sync_data().map_err(|e| {
-            // After a failed fsync the kernel may have dropped the dirty pages: never
-            // pretend they are safe by retrying. Refuse writes until a restart recovers.
-            self.poisoned.store(true, Ordering::Release);
-            Error::io("fsync", path, e)
-        })
+        let target = if path.is_dir() {
+            path.join("x")
+        } else {
+            path.to_path_buf()
+        };
+        faults::check(faults::Op::Sync, &target)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| {
+                // After a failed fsync the kernel may have dropped the dirty pages: never
+                // pretend they are safe by retrying. Refuse writes until a restart recovers.
+                self.poisoned.store(true, Ordering::Release);
+                Error::io("fsync", path, e)
+            })
     }
 
     fn check_poisoned(&self) -> Result<()> {
@@ -1138,9 +1170,9 @@ fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<(F
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))
     };
-    let log = open("log")?;
-    let index = open("index")?;
-    let time = open("timeindex")?;
+    // The snapshot comes first: once the new `.log` exists it is the last segment, and
+    // recovery needs the producer state of the older segments from this snapshot. (A
+    // snapshot without its `.log` is an orphan that the next open removes.)
     let snapshot_path = dir.join(segment::file_name(base, "producers"));
     if snapshot.producers.is_empty() {
         match fs::remove_file(&snapshot_path) {
@@ -1149,13 +1181,14 @@ fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<(F
             Err(e) => return Err(Error::io("remove", &snapshot_path, e)),
         }
     } else {
-        // The producer state of older segments lives only here once they are deleted:
-        // make it durable.
         let snap = open("producers")?;
         snap.write_all_at(&snapshot.encode(), 0)
             .and_then(|()| snap.sync_data())
             .map_err(|e| Error::io("write", &snapshot_path, e))?;
     }
+    let index = open("index")?;
+    let time = open("timeindex")?;
+    let log = open("log")?;
     Ok((log, index, time))
 }
 

@@ -213,3 +213,97 @@ fn reopen_checks_only_the_tail_and_keeps_producers_and_newest_timestamp() {
         3000
     );
 }
+
+#[test]
+fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_returns() {
+    use crate::faults::{self, Op};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let config = LogConfig {
+        preallocate_bytes: 4096,
+        ..small_config()
+    };
+    let log = storage.open_log("t/0", config).unwrap();
+    for i in 0..20 {
+        log.append(&[record(i, 1)], ProducerStamp::default())
+            .unwrap();
+    }
+    faults::fail(dir.path(), Op::Allocate, u64::MAX, 28);
+    let mut refused = 0;
+    for i in 20..200 {
+        match log.append(&[record(i, 1)], ProducerStamp::default()) {
+            Ok(_) => {}
+            Err(crate::Error::DiskFull { .. }) => refused += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(refused > 0, "the reservation must run out");
+    let end = log.end_offset();
+    let all = log.read(0, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(
+        all.len() as u64,
+        end,
+        "reads keep working and see every acked record"
+    );
+    faults::clear(dir.path());
+    let a = log
+        .append(&[record(999, 1)], ProducerStamp::default())
+        .unwrap();
+    assert_eq!(
+        a.base_offset, end,
+        "appends resume without a restart, no gap"
+    );
+    // A failed write leaves nothing behind either.
+    faults::fail(dir.path(), Op::Write, 1, 5);
+    assert!(
+        log.append(&[record(1000, 1)], ProducerStamp::default())
+            .is_err()
+    );
+    assert_eq!(
+        log.append(&[record(1001, 1)], ProducerStamp::default())
+            .unwrap()
+            .base_offset,
+        end + 1
+    );
+    assert_eq!(
+        log.read(end + 1, 1, 1).unwrap()[0].key,
+        Bytes::from("k1001")
+    );
+}
+
+#[test]
+fn a_failed_fsync_stops_writes_until_reopen() {
+    use crate::faults::{self, Op};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let config = LogConfig {
+        durability: Durability::Always,
+        ..small_config()
+    };
+    let log = storage.open_log("t/0", config.clone()).unwrap();
+    log.append(&[record(0, 1)], ProducerStamp::default())
+        .unwrap();
+    faults::fail(dir.path(), Op::Sync, 1, 5);
+    assert!(
+        log.append(&[record(1, 1)], ProducerStamp::default())
+            .is_err()
+    );
+    assert!(matches!(
+        log.append(&[record(2, 1)], ProducerStamp::default()),
+        Err(crate::Error::Poisoned { .. })
+    ));
+    assert_eq!(
+        log.durable_offset(),
+        1,
+        "nothing unsynced is reported durable"
+    );
+    drop(log);
+    let log = storage.open_log("t/0", config).unwrap();
+    let a = log
+        .append(&[record(3, 1)], ProducerStamp::default())
+        .unwrap();
+    assert!(
+        a.fsynced && a.base_offset >= 1,
+        "reopened, the log accepts writes again"
+    );
+}

@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::path::Path;
 
-use crate::batch::BatchHeader;
 use crate::error::{Error, Result};
 use crate::index;
 use crate::mmap::MappedFile;
@@ -106,19 +105,16 @@ pub fn recover_tail(
         ),
         None => (ProducerTable::default(), i64::MIN, 0, (0, base)),
     };
-    let mut observe = |h: &BatchHeader, producers: &mut ProducerTable| {
-        producers.observe(h);
-        if h.max_timestamp_ms > max_ts {
-            max_ts = h.max_timestamp_ms;
-            max_rel = (h.base_offset - base) as u32;
-        }
-    };
     let (mut pos, mut expected) = from;
     let mut hopped_ok = true;
     while pos < start.0 {
         match segment::hop(&data, pos) {
             Ok(h) if h.base_offset == expected => {
-                observe(&h, &mut producers);
+                producers.observe(&h);
+                if h.max_timestamp_ms > max_ts {
+                    max_ts = h.max_timestamp_ms;
+                    max_rel = (h.base_offset - base) as u32;
+                }
                 pos += h.total_len;
                 expected = h.next_offset();
             }
@@ -136,9 +132,17 @@ pub fn recover_tail(
         drop(map);
         return recover_tail(path, file, base, &[], &[], interval, None);
     }
+    // `max_ts` now bounds every timestamp before the scan start from above (exactly, or
+    // including some scanned batches when the snapshot lies inside the tail): a safe seed
+    // for the re-derived time entries, which must never understate the maximum so far.
+    let seed = (max_ts, max_rel);
     for (p, h) in &tail {
         if *p >= from.0 {
-            observe(h, &mut producers);
+            producers.observe(h);
+            if h.max_timestamp_ms > max_ts {
+                max_ts = h.max_timestamp_ms;
+                max_rel = (h.base_offset - base) as u32;
+            }
         }
     }
 
@@ -159,6 +163,10 @@ pub fn recover_tail(
         builder.max_ts = e.ts;
         builder.max_rel = e.rel;
         builder.last_time_ts = e.ts;
+    }
+    if seed.0 > builder.max_ts {
+        builder.max_ts = seed.0;
+        builder.max_rel = seed.1;
     }
     for (p, h) in &tail {
         builder.observe(*p as u64, (h.base_offset - base) as u32, h);
@@ -195,4 +203,42 @@ pub fn recover_tail(
         dropped,
         scanned_batches: tail.len() as u64,
     })
+}
+
+/// The producer state at the end of a closed segment: its snapshot plus its batch headers.
+/// Used when the last segment's own snapshot is missing or damaged, so idempotence survives.
+pub fn producers_after(
+    path: &Path,
+    base: u64,
+    snapshot: Option<Snapshot>,
+) -> Result<ProducerTable> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    let map = MappedFile::map(&file, len).map_err(|e| Error::io("mmap", path, e))?;
+    let data = map
+        .view(0, map.len())
+        .map_err(|e| Error::io("view", path, e))?;
+    let (mut table, mut pos, mut expected) = match snapshot {
+        Some(s)
+            if segment::hop(&data, s.position as usize)
+                .is_ok_and(|h| h.base_offset == s.next_offset) =>
+        {
+            (s.producers, s.position as usize, s.next_offset)
+        }
+        _ => (ProducerTable::default(), 0, base),
+    };
+    while pos < data.len() {
+        match segment::hop(&data, pos) {
+            Ok(h) if h.base_offset == expected => {
+                table.observe(&h);
+                pos += h.total_len;
+                expected = h.next_offset();
+            }
+            _ => break,
+        }
+    }
+    Ok(table)
 }

@@ -43,11 +43,20 @@ pub fn describe(inner: &Inner, req: DescribeGroupRequest) -> Result<DescribeGrou
             inner.registry.get(t)?;
             vec![t.clone()]
         }
-        None => inner
-            .offsets
-            .groups()
-            .remove(&req.group)
-            .unwrap_or_default(),
+        None => {
+            let mut t = inner
+                .offsets
+                .groups()
+                .remove(&req.group)
+                .unwrap_or_default();
+            for (g, topic) in inner.groups.memberships() {
+                if g == req.group && !t.contains(&topic) {
+                    t.push(topic);
+                }
+            }
+            t.sort();
+            t
+        }
     };
     let mut out = Vec::new();
     for name in topics {

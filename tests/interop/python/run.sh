@@ -2,7 +2,7 @@
 # Runs the Python interop test against a built spoold.
 #
 # Creates a virtual environment under target/interop-python-venv (reused between runs),
-# installs requirements.txt from PyPI, and runs test_interop.py, which generates the
+# installs requirements.txt from PyPI, and runs test_interop.py and test_groups.py, which generates the
 # Python stubs from proto/spool/v1/spool.proto with grpcio-tools into a temporary
 # directory. Builds nothing: build spoold first (`cargo build -p spool-broker`).
 #
@@ -25,4 +25,5 @@ if [[ ! -x "$venv/bin/python" ]]; then
     "${PYTHON:-python3}" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-SPOOL_BIN="$bin" exec "$venv/bin/python" "$here/test_interop.py"
+SPOOL_BIN="$bin" "$venv/bin/python" "$here/test_interop.py"
+SPOOLD="$bin" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_groups.py"

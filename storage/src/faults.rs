@@ -1,0 +1,83 @@
+//! Fault injection for tests (cargo feature `fault-injection`): makes the next file
+//! operations of a kind on files under a directory fail with a chosen OS error, so tests can
+//! prove what happens on a full disk or a failing fsync without a real broken disk.
+//! Without the feature every check compiles to nothing.
+
+use std::io;
+use std::path::Path;
+
+/// The file operations that can be made to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Reserving space (`fallocate`).
+    Allocate,
+    /// Writing a batch.
+    Write,
+    /// `fdatasync` of a segment.
+    Sync,
+}
+
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use std::path::PathBuf;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    struct Rule {
+        dir: PathBuf,
+        op: Op,
+        /// Failures left; `u64::MAX` = until cleared.
+        times: u64,
+        errno: i32,
+    }
+
+    static RULES: Mutex<Vec<Rule>> = Mutex::new(Vec::new());
+
+    /// Fails the next `times` operations `op` on files under `dir` with OS error `errno`
+    /// (e.g. 28, ENOSPC); `u64::MAX` fails them until [`clear`].
+    pub fn fail(dir: &Path, op: Op, times: u64, errno: i32) {
+        RULES.lock().push(Rule {
+            dir: dir.to_path_buf(),
+            op,
+            times,
+            errno,
+        });
+    }
+
+    /// Removes every rule for files under `dir`.
+    pub fn clear(dir: &Path) {
+        RULES
+            .lock()
+            .retain(|r| !r.dir.starts_with(dir) && !dir.starts_with(&r.dir));
+    }
+
+    pub(crate) fn check(op: Op, path: &Path) -> io::Result<()> {
+        let mut rules = RULES.lock();
+        let Some(i) = rules
+            .iter()
+            .position(|r| r.op == op && path.starts_with(&r.dir) && r.times > 0)
+        else {
+            return Ok(());
+        };
+        let errno = rules[i].errno;
+        if rules[i].times != u64::MAX {
+            rules[i].times -= 1;
+        }
+        rules.retain(|r| r.times > 0);
+        Err(io::Error::from_raw_os_error(errno))
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+pub use imp::{clear, fail};
+
+#[cfg(feature = "fault-injection")]
+pub(crate) use imp::check;
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn check(_op: Op, _path: &Path) -> io::Result<()> {
+    Ok(())
+}
