@@ -225,7 +225,36 @@ fn replay(log: &Log) -> Result<(Table, u64)> {
     let end = log.end_offset();
     let mut records = 0u64;
     while next < end {
-        let batch = log.read(next, 10_000, 16 * 1024 * 1024)?;
+        let batch = match log.read(next, 10_000, 16 * 1024 * 1024) {
+            Ok(b) => b,
+            // Damage is skipped, loudly: the commits after it are intact and the newest
+            // commit per partition usually is. A group whose latest commit was in the
+            // damaged range resumes from an older one (duplicates, never loss).
+            Err(spool_storage::Error::Corrupt {
+                path,
+                position,
+                offsets: Some(lost),
+                reason,
+            }) if lost.end > next => {
+                tracing::error!(
+                    path = %path.display(),
+                    position,
+                    lost = ?lost,
+                    %reason,
+                    "committed offsets log is damaged; skipping the damaged commits (run `spoold verify` for details)"
+                );
+                next = lost.end;
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::Metadata {
+                    path: log.dir().to_path_buf(),
+                    reason: format!(
+                        "committed offsets cannot be read: {e}; restore the directory from a backup, or move it away to start with no committed offsets"
+                    ),
+                });
+            }
+        };
         let Some(last) = batch.last() else { break };
         next = last.offset + 1;
         for r in batch {
