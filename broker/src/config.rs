@@ -8,6 +8,26 @@ use std::time::Duration;
 use serde::Deserialize;
 use spool_storage::config::MIN_SEGMENT_BYTES;
 
+use crate::auth::AuthConfig;
+use crate::quota::QuotaConfig;
+
+/// TLS on the gRPC port (`[tls]`): PEM files. With `client_ca`, client certificates signed
+/// by it are verified (and required when `require_client_cert`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: bool,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+}
+
 /// Topic settings used where a topic's own config leaves a field at 0.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -64,6 +84,12 @@ pub struct BrokerConfig {
     /// Closed segment files mapped at once.
     pub max_mapped_files: usize,
     pub topic_defaults: TopicDefaults,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    /// Per-principal byte rates (`[[quotas]]`).
+    pub quotas: Vec<QuotaConfig>,
+    /// Longest a request is delayed by a quota before it is refused, in milliseconds.
+    pub quota_max_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -82,6 +108,10 @@ impl Default for BrokerConfig {
             max_in_flight_appends: 1024,
             max_mapped_files: 4096,
             topic_defaults: TopicDefaults::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            quotas: Vec::new(),
+            quota_max_delay_ms: 5000,
         }
     }
 }
@@ -108,6 +138,18 @@ impl BrokerConfig {
                 "topic_defaults.segment_bytes must be at least {MIN_SEGMENT_BYTES}"
             ));
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("tls.cert and tls.key must be given together".into());
+        }
+        if (self.tls.client_ca.is_some() || self.tls.require_client_cert) && !self.tls.enabled() {
+            return Err(
+                "tls.client_ca and tls.require_client_cert need tls.cert and tls.key".into(),
+            );
+        }
+        if self.tls.require_client_cert && self.tls.client_ca.is_none() {
+            return Err("tls.require_client_cert needs tls.client_ca".into());
+        }
+        crate::auth::Auth::new(&self.auth, self.tls.client_ca.is_some())?;
         if self.max_request_bytes < 1024 {
             return Err("max_request_bytes must be at least 1024".into());
         }

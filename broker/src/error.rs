@@ -40,6 +40,9 @@ pub enum Error {
     /// A second stream took over this consumer group member.
     #[error("{0}")]
     Aborted(String),
+    /// The principal may not do this; the message names the operation and resource.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The broker is shutting down.
     #[error("the broker is shutting down; retry against the restarted broker")]
     ShuttingDown,

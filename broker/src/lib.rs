@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `config`: flags, environment and TOML configuration.
+//! - `auth`: authentication (tokens, client certificates) and ACL authorization.
+//! - `quota`: per-principal byte rates.
 //! - `registry`: topics, their settings on disk and their partitions' logs.
 //! - `offsets`: committed offsets, durable on an internal log.
 //! - `groups`: consumer group membership and assignment.
@@ -18,11 +20,13 @@
 //! - No lock is held across an `.await`; blocking file work runs on the blocking pool.
 //! - Every stream queue is bounded: a slow client costs bounded memory.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod groups;
 pub mod metrics;
 pub mod offsets;
+pub mod quota;
 pub mod registry;
 pub mod server;
 pub mod service;

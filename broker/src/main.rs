@@ -37,6 +37,18 @@ struct Cli {
     /// Default fsync policy of new topics: always, interval or never [default: always].
     #[arg(long, env = "SPOOL_FSYNC")]
     fsync: Option<String>,
+    /// PEM certificate chain of the gRPC port; turns TLS on (with --tls-key).
+    #[arg(long, env = "SPOOL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SPOOL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates are verified (mutual TLS).
+    #[arg(long, env = "SPOOL_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --tls-client-ca.
+    #[arg(long, env = "SPOOL_TLS_REQUIRE_CLIENT_CERT")]
+    tls_require_client_cert: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -47,6 +59,11 @@ enum Command {
     ///
     /// Example: spoold verify --data-dir ./spool-data
     Verify,
+    /// Reads a token on stdin and prints the SHA-256 to put in the config's
+    /// [[auth.tokens]] sha256 (the broker never stores tokens in plain text).
+    ///
+    /// Example: head -c 32 /dev/urandom | base64 | tee token.txt | spoold hash-token
+    HashToken,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +97,25 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.fsync {
         config.topic_defaults.fsync = v;
+    }
+    if let Some(v) = cli.tls_cert {
+        config.tls.cert = Some(v);
+    }
+    if let Some(v) = cli.tls_key {
+        config.tls.key = Some(v);
+    }
+    if let Some(v) = cli.tls_client_ca {
+        config.tls.client_ca = Some(v);
+    }
+    if cli.tls_require_client_cert {
+        config.tls.require_client_cert = true;
+    }
+    if let Some(Command::HashToken) = cli.command {
+        let mut token = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)
+            .context("reading the token from stdin")?;
+        println!("{}", spool_broker::auth::hash_token(token.trim()));
+        return Ok(());
     }
     config.validate().map_err(anyhow::Error::msg)?;
     if let Some(Command::Verify) = cli.command {

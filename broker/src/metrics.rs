@@ -30,6 +30,12 @@ pub struct PartitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub principal: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LagLabels {
     pub group: String,
     pub topic: String,
@@ -46,6 +52,8 @@ pub struct Metrics {
     pub fsync_latency: Histogram,
     pub active_subscriptions: Gauge,
     pub data_loss_errors: Counter,
+    quota_delay: Family<QuotaLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    quota_rejections: Family<QuotaLabels, Counter>,
     end_offset: Family<PartitionLabels, Gauge>,
     consumer_lag: Family<LagLabels, Gauge>,
 }
@@ -66,6 +74,8 @@ impl Default for Metrics {
             fsync_latency: latency_histogram(),
             active_subscriptions: Gauge::default(),
             data_loss_errors: Counter::default(),
+            quota_delay: Family::default(),
+            quota_rejections: Family::default(),
             end_offset: Family::default(),
             consumer_lag: Family::default(),
             registry: PromRegistry::default(),
@@ -106,6 +116,16 @@ impl Default for Metrics {
             m.data_loss_errors.clone(),
         );
         registry.register(
+            "quota_delay_seconds",
+            "Time requests were delayed by quotas",
+            m.quota_delay.clone(),
+        );
+        registry.register(
+            "quota_rejections",
+            "Requests refused by quotas",
+            m.quota_rejections.clone(),
+        );
+        registry.register(
             "partition_end_offset",
             "End offset of each partition",
             m.end_offset.clone(),
@@ -127,6 +147,32 @@ impl Metrics {
         self.appended_records.get_or_create(&label).inc_by(records);
         self.appended_bytes.get_or_create(&label).inc_by(bytes);
         self.append_latency.observe(took.as_secs_f64());
+    }
+
+    /// A quota delayed a request (`Some(wait)`) or refused it (`None`).
+    pub fn observe_quota(
+        &self,
+        who: &crate::auth::Principal,
+        dir: crate::quota::Direction,
+        wait: Option<Duration>,
+    ) {
+        let labels = QuotaLabels {
+            principal: who.name().to_string(),
+            direction: match dir {
+                crate::quota::Direction::Produce => "produce".into(),
+                crate::quota::Direction::Consume => "consume".into(),
+            },
+        };
+        match wait {
+            Some(w) => {
+                self.quota_delay
+                    .get_or_create(&labels)
+                    .inc_by(w.as_secs_f64());
+            }
+            None => {
+                self.quota_rejections.get_or_create(&labels).inc();
+            }
+        }
     }
 
     pub fn observe_read(&self, topic: &str, bytes: u64) {

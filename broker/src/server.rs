@@ -11,6 +11,7 @@ use spool_storage::{Storage, StorageConfig};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
@@ -76,9 +77,17 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         groups = offsets.groups().len(),
         "recovered"
     );
+    let auth = crate::auth::Auth::new(&config.auth, config.tls.client_ca.is_some())
+        .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
+    let quotas = crate::quota::Quotas::new(
+        &config.quotas,
+        Duration::from_millis(config.quota_max_delay_ms),
+    );
     let token = CancellationToken::new();
     let inner = Arc::new(Inner {
         config: Arc::clone(&config),
+        auth,
+        quotas,
         registry,
         offsets,
         metrics: Metrics::default(),
@@ -110,9 +119,37 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     let broker = BrokerServer::new(BrokerService::new(Arc::clone(&inner)))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
+    let authn = Arc::clone(&inner);
+    let broker = InterceptedService::new(broker, move |mut req: tonic::Request<()>| {
+        let who = authn.auth.authenticate(&req)?;
+        req.extensions_mut().insert(who);
+        Ok(req)
+    });
+    // Reflection describes the whole API: it follows the admin permission. Health stays open.
+    let admin = Arc::clone(&inner);
+    let admin_only = move |req: tonic::Request<()>| {
+        let who = admin.auth.authenticate(&req)?;
+        admin
+            .auth
+            .check(
+                &who,
+                crate::auth::Operation::Admin,
+                crate::auth::Resource::Cluster,
+            )
+            .map_err(tonic::Status::from)?;
+        Ok(req)
+    };
+    let reflection_v1 = InterceptedService::new(reflection_v1, admin_only.clone());
+    let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, admin_only);
 
+    let mut builder = tonic::transport::Server::builder();
+    if config.tls.enabled() {
+        builder = builder
+            .tls_config(tls_config(&config.tls)?)
+            .map_err(|e| Error::invalid(format!("TLS configuration: {e}")))?;
+    }
     let server_token = token.clone();
-    let server = tonic::transport::Server::builder()
+    let server = builder
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
@@ -191,6 +228,24 @@ impl Running {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The server side of TLS from PEM files.
+fn tls_config(tls: &crate::config::TlsConfig) -> Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::io("read", p, e));
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Err(Error::invalid(
+            "tls.cert and tls.key must be given together",
+        ));
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &tls.client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(!tls.require_client_cert);
+    }
+    Ok(config)
 }
 
 /// tonic answers a request over the decoding limit with `OUT_OF_RANGE`; the API promises

@@ -18,7 +18,9 @@ use tonic::{Status, Streaming};
 
 use super::Inner;
 use super::convert;
+use crate::auth::{Operation, Principal, Resource};
 use crate::error::{Error, Result};
+use crate::quota::Direction;
 use crate::registry::Fsync;
 
 /// An append whose bytes are in the log; what is left is waiting for the disk.
@@ -36,16 +38,19 @@ impl Pending {
     }
 }
 
-/// Validates and writes one request; returns what remains to wait for.
-fn start(inner: &Arc<Inner>, req: AppendRequest) -> Pending {
-    match write(inner, req) {
+/// Checks, throttles and writes one request; returns what remains to wait for.
+async fn start(inner: &Arc<Inner>, who: &Principal, req: AppendRequest) -> Pending {
+    match write(inner, who, req).await {
         Ok(p) => p,
         Err(e) => Pending::Done(Err(e)),
     }
 }
 
-fn write(inner: &Arc<Inner>, req: AppendRequest) -> Result<Pending> {
+async fn write(inner: &Arc<Inner>, who: &Principal, req: AppendRequest) -> Result<Pending> {
     let began = Instant::now();
+    inner
+        .auth
+        .check(who, Operation::Append, Resource::Topic(&req.topic))?;
     let topic = inner.registry.get(&req.topic)?;
     let partition = topic.choose_partition(req.partition, &req.partition_key)?;
     let (records, bytes) = convert::to_storage(
@@ -53,6 +58,7 @@ fn write(inner: &Arc<Inner>, req: AppendRequest) -> Result<Pending> {
         topic.settings.max_record_bytes,
         crate::now_ms(),
     )?;
+    super::throttle(inner, who, Direction::Produce, bytes).await?;
     let stamp = ProducerStamp {
         producer_id: req.producer_id,
         producer_epoch: 0,
@@ -105,11 +111,15 @@ fn sync(inner: &Inner, log: &Log, end: u64) -> Result<()> {
     Ok(())
 }
 
-pub async fn unary(inner: &Arc<Inner>, req: AppendRequest) -> Result<AppendResponse> {
+pub async fn unary(
+    inner: &Arc<Inner>,
+    who: &Principal,
+    req: AppendRequest,
+) -> Result<AppendResponse> {
     if inner.shutdown.is_cancelled() {
         return Err(Error::ShuttingDown);
     }
-    start(inner, req).finish().await
+    start(inner, who, req).await.finish().await
 }
 
 /// Runs an AppendStream: a reader task writes requests in order and queues their pending
@@ -117,6 +127,7 @@ pub async fn unary(inner: &Arc<Inner>, req: AppendRequest) -> Result<AppendRespo
 /// answering task resolves them in order. The first failure ends the stream.
 pub fn pipelined(
     inner: Arc<Inner>,
+    who: Principal,
     mut requests: Streaming<AppendRequest>,
 ) -> impl Stream<Item = Result<AppendResponse, Status>> {
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(inner.config.max_in_flight_appends);
@@ -152,7 +163,7 @@ pub fn pipelined(
                 }
                 Some(Ok(req)) => req,
             };
-            let pending = start(&inner, req);
+            let pending = start(&inner, &who, req).await;
             let failed = matches!(pending, Pending::Done(Err(_)));
             if pending_tx.send(pending).await.is_err() || failed {
                 return;

@@ -32,8 +32,10 @@ use tonic::{Status, Streaming};
 
 use super::Inner;
 use super::convert;
+use crate::auth::{Operation, Principal, Resource};
 use crate::error::{Error, Result};
 use crate::groups::Command;
+use crate::quota::Direction;
 use crate::registry::{Topic, validate_name};
 
 /// Defaults and bounds of `JoinGroup` fields.
@@ -46,6 +48,7 @@ const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 16 * 1024 * 1024;
 /// Starts a session: the first request must be a `JoinGroup`.
 pub async fn start(
     inner: Arc<Inner>,
+    who: Principal,
     mut requests: Streaming<ConsumeRequest>,
 ) -> Result<ReceiverStream<Result<ConsumeResponse, Status>>, Status> {
     let first = requests
@@ -58,6 +61,12 @@ pub async fn start(
         ));
     };
     validate_name("group", &join.group)?;
+    inner
+        .auth
+        .check(&who, Operation::Read, Resource::Topic(&join.topic))?;
+    inner
+        .auth
+        .check(&who, Operation::Commit, Resource::Group(&join.group))?;
     let topic = inner.registry.get(&join.topic)?;
     let timeout = match join.session_timeout_ms {
         0 => DEFAULT_SESSION_TIMEOUT,
@@ -72,7 +81,7 @@ pub async fn start(
     );
     let (tx, rx) = mpsc::channel(inner.config.stream_buffer);
     inner.metrics.active_subscriptions.inc();
-    let session = Session::new(inner, topic, join, joined.member_id, joined.conn, tx);
+    let session = Session::new(inner, who, topic, join, joined.member_id, joined.conn, tx);
     tokio::spawn(session.run(requests, joined.commands));
     Ok(ReceiverStream::new(rx))
 }
@@ -117,6 +126,7 @@ enum Event {
 
 struct Session {
     inner: Arc<Inner>,
+    who: Principal,
     topic: Arc<Topic>,
     group: String,
     member_id: String,
@@ -167,6 +177,7 @@ impl Drop for LeaveGuard {
 impl Session {
     fn new(
         inner: Arc<Inner>,
+        who: Principal,
         topic: Arc<Topic>,
         join: JoinGroup,
         member_id: String,
@@ -175,6 +186,7 @@ impl Session {
     ) -> Session {
         Session {
             inner,
+            who,
             topic,
             group: join.group,
             member_id,
@@ -323,14 +335,21 @@ impl Session {
         let (token, next) = (part.token, part.next);
         let inner = Arc::clone(&self.inner);
         let topic = Arc::clone(&self.topic);
+        let who = self.who.clone();
         self.work.push(
             async move {
-                let result = match topic.partition(id) {
+                let mut result = match topic.partition(id) {
                     Ok(p) => {
                         super::read::read_blocking(&inner, p, next, max_records, max_bytes).await
                     }
                     Err(e) => Err(e),
                 };
+                if let Ok(records) = &result {
+                    let bytes = records.iter().map(|r| r.payload_len() as u64).sum();
+                    if let Err(e) = super::throttle(&inner, &who, Direction::Consume, bytes).await {
+                        result = Err(e);
+                    }
+                }
                 Event::Read {
                     partition: id,
                     token,

@@ -9,14 +9,16 @@ use tonic::{Status, Streaming};
 
 use super::Inner;
 use super::offsets::partition_offsets;
+use crate::auth::Principal;
 use crate::error::Result;
 use crate::registry::validate_name;
 
 pub async fn consume(
     inner: Arc<Inner>,
+    who: Principal,
     requests: Streaming<ConsumeRequest>,
 ) -> Result<ReceiverStream<Result<ConsumeResponse, Status>>, Status> {
-    super::consume::start(inner, requests).await
+    super::consume::start(inner, who, requests).await
 }
 
 pub fn list(inner: &Inner, req: ListGroupsRequest) -> Result<ListGroupsResponse> {

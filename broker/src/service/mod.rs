@@ -19,14 +19,19 @@ use spool_proto::v1::*;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Operation as Op, Principal, Resource, principal_of};
 use crate::config::BrokerConfig;
+use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::offsets::OffsetStore;
+use crate::quota::Direction;
 use crate::registry::Registry;
 
 /// Everything a request handler may touch.
 pub struct Inner {
     pub config: Arc<BrokerConfig>,
+    pub auth: crate::auth::Auth,
+    pub quotas: crate::quota::Quotas,
     pub registry: Registry,
     pub offsets: OffsetStore,
     pub metrics: Metrics,
@@ -49,49 +54,83 @@ impl BrokerService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Delays a request by the principal's quota, or refuses it past the bound.
+pub async fn throttle(inner: &Inner, who: &Principal, dir: Direction, bytes: u64) -> Result<()> {
+    match inner.quotas.reserve(who, dir, bytes) {
+        Ok(wait) => {
+            if !wait.is_zero() {
+                inner.metrics.observe_quota(who, dir, Some(wait));
+                tokio::time::sleep(wait).await;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            inner.metrics.observe_quota(who, dir, None);
+            Err(e)
+        }
+    }
+}
+
+// Every RPC checks here what its principal may do; handlers below get checked input.
 #[tonic::async_trait]
 impl Broker for BrokerService {
     async fn create_topic(
         &self,
         req: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
-        Ok(Response::new(
-            topics::create(&self.inner, req.into_inner()).await?,
-        ))
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Create, Resource::Topic(&req.name))?;
+        Ok(Response::new(topics::create(&self.inner, req).await?))
     }
 
     async fn delete_topic(
         &self,
         req: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        Ok(Response::new(
-            topics::delete(&self.inner, req.into_inner()).await?,
-        ))
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Delete, Resource::Topic(&req.name))?;
+        Ok(Response::new(topics::delete(&self.inner, req).await?))
     }
 
     async fn list_topics(
         &self,
-        _req: Request<ListTopicsRequest>,
+        req: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        Ok(Response::new(topics::list(&self.inner)))
+        let who = principal_of(&req);
+        let mut resp = topics::list(&self.inner);
+        resp.topics.retain(|t| {
+            self.inner
+                .auth
+                .allows(&who, Op::Describe, Resource::Topic(&t.name))
+        });
+        Ok(Response::new(resp))
     }
 
     async fn describe_topic(
         &self,
         req: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
-        Ok(Response::new(topics::describe(
-            &self.inner,
-            req.into_inner(),
-        )?))
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Describe, Resource::Topic(&req.name))?;
+        Ok(Response::new(topics::describe(&self.inner, req)?))
     }
 
     async fn append(
         &self,
         req: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
+        let who = principal_of(&req);
         Ok(Response::new(
-            append::unary(&self.inner, req.into_inner()).await?,
+            append::unary(&self.inner, &who, req.into_inner()).await?,
         ))
     }
 
@@ -101,14 +140,18 @@ impl Broker for BrokerService {
         &self,
         req: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let stream = append::pipelined(Arc::clone(&self.inner), req.into_inner());
+        let who = principal_of(&req);
+        let stream = append::pipelined(Arc::clone(&self.inner), who, req.into_inner());
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
-        Ok(Response::new(
-            read::read(&self.inner, req.into_inner()).await?,
-        ))
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Read, Resource::Topic(&req.topic))?;
+        Ok(Response::new(read::read(&self.inner, &who, req).await?))
     }
 
     type SubscribeStream = BoxStream<SubscribeResponse>;
@@ -117,7 +160,20 @@ impl Broker for BrokerService {
         &self,
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let stream = read::subscribe(&self.inner, req.into_inner()).await?;
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Read, Resource::Topic(&req.topic))?;
+        if req
+            .start
+            .is_some_and(|s| s.kind == start_position::Kind::Committed as i32)
+        {
+            self.inner
+                .auth
+                .check(&who, Op::Describe, Resource::Group(&req.group))?;
+        }
+        let stream = read::subscribe(&self.inner, who, req).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -125,16 +181,30 @@ impl Broker for BrokerService {
         &self,
         req: Request<CommitOffsetRequest>,
     ) -> Result<Response<CommitOffsetResponse>, Status> {
-        Ok(Response::new(
-            offsets::commit(&self.inner, req.into_inner()).await?,
-        ))
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Commit, Resource::Group(&req.group))?;
+        self.inner
+            .auth
+            .check(&who, Op::Describe, Resource::Topic(&req.topic))?;
+        Ok(Response::new(offsets::commit(&self.inner, req).await?))
     }
 
     async fn get_offsets(
         &self,
         req: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
-        Ok(Response::new(offsets::get(&self.inner, req.into_inner())?))
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Describe, Resource::Group(&req.group))?;
+        self.inner
+            .auth
+            .check(&who, Op::Describe, Resource::Topic(&req.topic))?;
+        Ok(Response::new(offsets::get(&self.inner, req)?))
     }
 
     type ConsumeStream = BoxStream<ConsumeResponse>;
@@ -143,7 +213,10 @@ impl Broker for BrokerService {
         &self,
         req: Request<Streaming<ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let stream = groups::consume(Arc::clone(&self.inner), req.into_inner()).await?;
+        // The join names the group and topic: `consume::start` checks read on the topic
+        // and commit on the group once it has it.
+        let who = principal_of(&req);
+        let stream = groups::consume(Arc::clone(&self.inner), who, req.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -151,16 +224,25 @@ impl Broker for BrokerService {
         &self,
         req: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
-        Ok(Response::new(groups::list(&self.inner, req.into_inner())?))
+        let who = principal_of(&req);
+        let mut resp = groups::list(&self.inner, req.into_inner())?;
+        resp.groups.retain(|g| {
+            self.inner
+                .auth
+                .allows(&who, Op::Describe, Resource::Group(&g.group))
+        });
+        Ok(Response::new(resp))
     }
 
     async fn describe_group(
         &self,
         req: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
-        Ok(Response::new(groups::describe(
-            &self.inner,
-            req.into_inner(),
-        )?))
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Describe, Resource::Group(&req.group))?;
+        Ok(Response::new(groups::describe(&self.inner, req)?))
     }
 }

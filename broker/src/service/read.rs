@@ -19,7 +19,9 @@ use tonic::Status;
 
 use super::Inner;
 use super::convert;
+use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::quota::Direction;
 use crate::registry::{Partition, Topic, validate_name};
 
 /// Most records one Read or one stream message may carry, whatever the request asks.
@@ -55,7 +57,7 @@ pub async fn read_blocking(
     Ok(result?)
 }
 
-pub async fn read(inner: &Arc<Inner>, req: ReadRequest) -> Result<ReadResponse> {
+pub async fn read(inner: &Arc<Inner>, who: &Principal, req: ReadRequest) -> Result<ReadResponse> {
     let topic = inner.registry.get(&req.topic)?;
     let partition = topic.partition(req.partition)?;
     let (max_records, max_bytes) = limits(inner, req.max_records, req.max_bytes);
@@ -82,6 +84,7 @@ pub async fn read(inner: &Arc<Inner>, req: ReadRequest) -> Result<ReadResponse> 
     }
     let records = read_blocking(inner, partition, req.offset, max_records, max_bytes).await?;
     let (records, bytes) = convert::records_to_proto(records);
+    super::throttle(inner, who, Direction::Consume, bytes).await?;
     inner.metrics.observe_read(&topic.name, bytes);
     Ok(ReadResponse {
         records,
@@ -143,6 +146,7 @@ impl Drop for SubscriptionGuard {
 
 pub async fn subscribe(
     inner: &Arc<Inner>,
+    who: Principal,
     req: SubscribeRequest,
 ) -> Result<impl Stream<Item = Result<SubscribeResponse, Status>> + use<>> {
     let topic = inner.registry.get(&req.topic)?;
@@ -171,6 +175,7 @@ pub async fn subscribe(
     let guard = Arc::new(SubscriptionGuard(Arc::clone(inner)));
     for (index, from) in starts {
         let pump = Pump {
+            who: who.clone(),
             inner: Arc::clone(inner),
             topic: Arc::clone(&topic),
             index,
@@ -186,6 +191,7 @@ pub async fn subscribe(
 }
 
 struct Pump {
+    who: Principal,
     inner: Arc<Inner>,
     topic: Arc<Topic>,
     index: u32,
@@ -229,6 +235,7 @@ impl Pump {
             }
             self.next = records.last().map_or(self.next, |r| r.offset + 1);
             let (records, bytes) = convert::records_to_proto(records);
+            super::throttle(&self.inner, &self.who, Direction::Consume, bytes).await?;
             self.inner.metrics.observe_read(&self.topic.name, bytes);
             let msg = SubscribeResponse {
                 partition: self.index,
