@@ -4,13 +4,16 @@ use std::time::Duration;
 
 use spool_proto::v1::broker_client::BrokerClient;
 use spool_proto::v1::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 
-/// Transport security settings. Reserved: this build speaks plaintext only, and refuses
-/// to connect rather than silently ignore TLS settings.
+/// Transport security: TLS to the broker (an `https://` endpoint), optionally with a
+/// client certificate (mutual TLS).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsOptions {
     /// PEM file of the certificate authority that signed the broker's certificate.
@@ -18,7 +21,25 @@ pub struct TlsOptions {
     /// PEM client certificate and key, for mutual TLS.
     pub cert: Option<std::path::PathBuf>,
     pub key: Option<std::path::PathBuf>,
+    /// The name to expect in the broker's certificate (default: the endpoint's host).
+    pub domain: Option<String>,
 }
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone, Debug, Default)]
+pub struct AuthHeader(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for AuthHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The transport under the generated client: a channel plus the auth header.
+pub type Transport = InterceptedService<Channel, AuthHeader>;
 
 /// How a [`Client`] connects and retries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +55,10 @@ pub struct ClientOptions {
     pub backoff: Backoff,
     /// Attempts of an idempotent call on a retriable error before giving up.
     pub max_retries: u32,
+    /// TLS settings; required for an `https://` endpoint (at least `ca`).
     pub tls: Option<TlsOptions>,
+    /// A bearer token sent with every call.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -47,6 +71,7 @@ impl Default for ClientOptions {
             backoff: Backoff::default(),
             max_retries: 5,
             tls: None,
+            token: None,
         }
     }
 }
@@ -55,7 +80,7 @@ impl Default for ClientOptions {
 /// reconnects by itself after a broker restart.
 #[derive(Clone, Debug)]
 pub struct Client {
-    raw: BrokerClient<Channel>,
+    raw: BrokerClient<Transport>,
     endpoint: String,
     options: ClientOptions,
 }
@@ -72,17 +97,39 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client> {
         let endpoint = endpoint.into();
-        if options.tls.is_some() || endpoint.starts_with("https://") {
-            return Err(Error::InvalidEndpoint {
-                endpoint,
-                reason: "TLS is not supported by this build; use an http:// address".into(),
-            });
+        let invalid = |reason: String| Error::InvalidEndpoint {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let mut ep = Endpoint::from_shared(endpoint.clone()).map_err(|e| invalid(e.to_string()))?;
+        let https = endpoint.starts_with("https://");
+        match (&options.tls, https) {
+            (Some(tls), true) => {
+                ep = ep
+                    .tls_config(client_tls(tls).map_err(&invalid)?)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "an https:// address needs TLS options: at least the CA that signed the broker's certificate (--ca)".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(invalid("TLS options need an https:// address".into()));
+            }
+            (None, false) => {}
         }
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| Error::InvalidEndpoint {
-                endpoint: endpoint.clone(),
-                reason: e.to_string(),
-            })?
+        let header = match &options.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| {
+                        Error::InvalidArgument("the token must be printable ASCII".into())
+                    })?,
+            ),
+            None => None,
+        };
+        let channel = ep
             .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)
@@ -93,7 +140,7 @@ impl Client {
             .connect()
             .await
             .map_err(|e| Error::unreachable(&endpoint, &e))?;
-        let raw = BrokerClient::new(channel)
+        let raw = BrokerClient::with_interceptor(channel, AuthHeader(header))
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         Ok(Client {
@@ -104,7 +151,7 @@ impl Client {
     }
 
     /// The generated gRPC client, for calls this type does not wrap.
-    pub fn raw(&self) -> BrokerClient<Channel> {
+    pub fn raw(&self) -> BrokerClient<Transport> {
         self.raw.clone()
     }
 
@@ -130,7 +177,7 @@ impl Client {
     /// Runs an idempotent call, retrying retriable failures with backoff.
     async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
-        F: FnMut(BrokerClient<Channel>) -> Fut,
+        F: FnMut(BrokerClient<Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut attempt = 0;
@@ -295,4 +342,27 @@ impl Client {
         })
         .await
     }
+}
+
+/// Reads the PEM files of `tls` into a rustls client configuration.
+fn client_tls(tls: &TlsOptions) -> std::result::Result<ClientTlsConfig, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let ca = tls
+        .ca
+        .as_deref()
+        .ok_or("TLS needs the CA that signed the broker's certificate (--ca)")?;
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        (None, None) => {}
+        _ => return Err("a client certificate needs both --cert and --key".into()),
+    }
+    if let Some(d) = &tls.domain {
+        config = config.domain_name(d.clone());
+    }
+    Ok(config)
 }

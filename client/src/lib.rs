@@ -35,7 +35,7 @@ mod error;
 mod producer;
 
 pub use backoff::Backoff;
-pub use client::{Client, ClientOptions, TlsOptions};
+pub use client::{AuthHeader, Client, ClientOptions, TlsOptions, Transport};
 pub use consumer::{
     GroupConsumer, GroupOptions, MemberState, Message, Reader, ReaderOptions, Start,
 };

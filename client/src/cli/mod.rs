@@ -65,6 +65,23 @@ pub struct Cli {
     )]
     server: String,
 
+    /// PEM CA that signed the broker's certificate (for an https:// --server).
+    #[arg(long, global = true, env = "SPOOL_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate, for mutual TLS (with --key).
+    #[arg(long, global = true, env = "SPOOL_CERT", value_name = "FILE")]
+    cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "SPOOL_KEY", value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
+
+    /// Bearer token sent with every request (prefer the SPOOL_TOKEN variable: arguments
+    /// show up in process listings).
+    #[arg(long, global = true, env = "SPOOL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -113,7 +130,20 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(cli.server.as_str()).await?;
+    let tls = (cli.ca.is_some() || cli.cert.is_some() || cli.key.is_some()).then(|| {
+        spool_client::TlsOptions {
+            ca: cli.ca.clone(),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+            domain: None,
+        }
+    });
+    let options = spool_client::ClientOptions {
+        tls,
+        token: cli.token.clone(),
+        ..spool_client::ClientOptions::default()
+    };
+    let client = Client::connect_with(cli.server.as_str(), options).await?;
     match cli.command {
         Command::Topic(cmd) => topic::run(&client, cmd).await,
         Command::Produce(args) => produce::run(&client, args).await,
