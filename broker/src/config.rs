@@ -77,6 +77,11 @@ pub struct BrokerConfig {
     pub max_wait_ms: u32,
     /// Responses buffered per Subscribe/Consume stream before HTTP/2 backpressure applies.
     pub stream_buffer: usize,
+    /// Largest Subscribe/Consume message, in payload bytes (one record may exceed it).
+    pub stream_max_bytes: u32,
+    /// Memory all Subscribe streams together may hold in queued messages, in bytes: a
+    /// thousand stalled subscribers wait for room instead of growing the heap.
+    pub stream_memory_bytes: u64,
     /// How often retention runs, in milliseconds.
     pub retention_check_ms: u64,
     /// Most AppendStream requests in flight per stream.
@@ -103,7 +108,9 @@ impl Default for BrokerConfig {
             default_max_records: 1000,
             default_max_bytes: 1024 * 1024,
             max_wait_ms: 30_000,
-            stream_buffer: 16,
+            stream_buffer: 4,
+            stream_max_bytes: 64 * 1024,
+            stream_memory_bytes: 64 * 1024 * 1024,
             retention_check_ms: 60_000,
             max_in_flight_appends: 1024,
             max_mapped_files: 4096,

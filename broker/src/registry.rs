@@ -88,7 +88,32 @@ struct TopicMeta {
     name: String,
     partitions: u32,
     config: TopicSettings,
+    /// CRC-32 of this JSON serialised with `crc32` = 0: a flipped bit anywhere (say in
+    /// `partitions`) is refused, never acted on.
+    #[serde(default)]
+    crc32: u32,
 }
+
+impl TopicMeta {
+    fn checksum(&self) -> u32 {
+        let unsigned = TopicMeta {
+            version: self.version,
+            name: self.name.clone(),
+            partitions: self.partitions,
+            config: self.config.clone(),
+            crc32: 0,
+        };
+        crc32fast::hash(&serde_json::to_vec(&unsigned).expect("serialisable"))
+    }
+
+    fn sealed(mut self) -> TopicMeta {
+        self.crc32 = self.checksum();
+        self
+    }
+}
+
+/// What to do about a topic metadata file the broker cannot use.
+const META_ADVICE: &str = "restore the file from a backup, or delete the topic's directory to drop the topic (run `spoold verify` to check its data)";
 
 /// One partition: its log and the channel that announces its end offset.
 pub struct Partition {
@@ -289,6 +314,7 @@ impl Registry {
             name: name.to_string(),
             partitions,
             config: settings,
+            crc32: 0,
         };
         let topic = open_topic(&self.storage, &self.config, meta)?;
         let meta = TopicMeta {
@@ -296,7 +322,9 @@ impl Registry {
             name: name.to_string(),
             partitions,
             config: topic.settings.clone(),
-        };
+            crc32: 0,
+        }
+        .sealed();
         write_atomically(
             &dir.join(META_FILE),
             &serde_json::to_vec_pretty(&meta).expect("serialisable"),
@@ -367,32 +395,33 @@ fn open_topic(storage: &Storage, config: &BrokerConfig, meta: TopicMeta) -> Resu
     })
 }
 
+/// Checks a `topic.json` as the broker would on start (`spoold verify`).
+pub fn check_metadata(path: &Path) -> Result<()> {
+    read_meta(path).map(|_| ())
+}
+
 fn read_meta(path: &Path) -> Result<TopicMeta> {
     let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
-    let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| Error::Metadata {
+    let refuse = |what: String| Error::Metadata {
         path: path.to_path_buf(),
-        reason: format!(
-            "{e}; restore the file from a backup, or delete the topic's directory to drop the topic"
-        ),
-    })?;
+        reason: format!("{what}; {META_ADVICE}"),
+    };
+    let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| refuse(e.to_string()))?;
     if meta.version != META_VERSION {
-        return Err(Error::Metadata {
-            path: path.to_path_buf(),
-            reason: format!("unsupported version {}", meta.version),
-        });
+        return Err(refuse(format!("unsupported version {}", meta.version)));
+    }
+    if meta.crc32 != meta.checksum() {
+        return Err(refuse("checksum mismatch: the file is damaged".into()));
     }
     let dir_name = path
         .parent()
         .and_then(|d| d.file_name())
         .map(|n| n.to_string_lossy().into_owned());
     if dir_name.as_deref() != Some(meta.name.as_str()) {
-        return Err(Error::Metadata {
-            path: path.to_path_buf(),
-            reason: format!(
-                "names topic {:?} but lives in directory {dir_name:?}",
-                meta.name
-            ),
-        });
+        return Err(refuse(format!(
+            "names topic {:?} but lives in directory {dir_name:?}",
+            meta.name
+        )));
     }
     Ok(meta)
 }

@@ -88,6 +88,10 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         config: Arc::clone(&config),
         auth,
         quotas,
+        stream_budget: Arc::new(tokio::sync::Semaphore::new(
+            ((config.stream_memory_bytes / 1024) as usize)
+                .clamp(1024, tokio::sync::Semaphore::MAX_PERMITS),
+        )),
         registry,
         offsets,
         metrics: Metrics::default(),

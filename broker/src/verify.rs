@@ -32,21 +32,17 @@ pub fn verify(data_dir: &Path) -> Result<(Vec<Finding>, usize)> {
         for topic in entries {
             let topic = topic.map_err(|e| Error::io("list", &topics, e))?;
             let meta = topic.path().join("topic.json");
-            match std::fs::read(&meta) {
-                Ok(bytes) => {
-                    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        findings.push(Finding {
-                            path: meta.clone(),
-                            what: format!("unreadable topic metadata: {e}"),
-                        });
-                    }
-                }
-                Err(e) => findings.push(Finding {
+            if !meta.exists() {
+                findings.push(Finding {
                     path: meta.clone(),
-                    what: format!(
-                        "missing topic metadata ({e}); the broker removes this directory on start"
-                    ),
-                }),
+                    what: "missing topic metadata; the broker removes this directory on start"
+                        .into(),
+                });
+            } else if let Err(e) = crate::registry::check_metadata(&meta) {
+                findings.push(Finding {
+                    path: meta.clone(),
+                    what: format!("unusable topic metadata: {e}"),
+                });
             }
             let dir = topic.path();
             for part in std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {

@@ -59,9 +59,10 @@ impl Error {
 
     /// Converts a status, recognising transport failures as [`Error::Unreachable`].
     pub(crate) fn from_status(status: tonic::Status, endpoint: &str) -> Error {
-        if status.code() == Code::Unavailable
-            && let Some(reason) = transport_reason(&status)
-        {
+        // A status carrying a transport error as its source did not come from the broker:
+        // the connection failed (tonic reports a request handed to a connection that just
+        // died as CANCELLED). Only statuses the broker sent have no such source.
+        if let Some(reason) = transport_reason(&status) {
             return Error::Unreachable {
                 endpoint: endpoint.to_string(),
                 reason,

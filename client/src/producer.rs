@@ -542,8 +542,12 @@ impl Actor {
             }
             Err(status) => {
                 self.conn = None;
+                // Only a status the broker itself sent (no transport error underneath) says
+                // the first unanswered batch was refused and nothing after it appended. Any
+                // other failure leaves their outcome unknown: resend them all, as they are.
+                let from_broker = std::error::Error::source(&status).is_none();
                 let e = self.client.error(status);
-                if e.is_retriable() {
+                if e.is_retriable() || !from_broker {
                     self.down_since.get_or_insert_with(Instant::now);
                     return;
                 }

@@ -238,8 +238,14 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     if record_count == 0 {
         return Err(BatchError::BadRecord("batch with zero records"));
     }
+    let base_offset = le_u64(buf, 0);
+    if base_offset.checked_add(u64::from(record_count)).is_none() {
+        // `next_offset` and every record's offset must fit in a u64 (found by fuzzing:
+        // such a header made `records` and `next_offset` overflow).
+        return Err(BatchError::BadRecord("offsets run past u64::MAX"));
+    }
     Ok(BatchHeader {
-        base_offset: le_u64(buf, 0),
+        base_offset,
         total_len: length as usize + 12,
         crc: le_u32(buf, 17),
         attributes,
@@ -292,7 +298,11 @@ impl Batch {
 
     /// Decodes every record; keys, values and header values are views into `bytes`.
     pub fn records(&self) -> Result<Vec<StoredRecord>, BatchError> {
-        let mut out = Vec::with_capacity(self.header.record_count as usize);
+        // `record_count` comes from disk: every record takes at least one byte, so the
+        // bytes bound it (found by fuzzing: a count of 2^26 in a tiny batch allocated GiBs).
+        let mut out = Vec::with_capacity(
+            (self.header.record_count as usize).min(self.bytes.len().saturating_sub(HEADER_LEN)),
+        );
         let mut cur = Cursor {
             buf: &self.bytes,
             pos: HEADER_LEN,

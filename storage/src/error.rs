@@ -90,6 +90,9 @@ pub enum Error {
         got: u64,
         oldest: u64,
     },
+    /// The offsets of an append would pass `u64::MAX`.
+    #[error("the log's end offset {end} leaves no room for more records")]
+    LogFull { end: u64 },
     /// A previous fsync failed; the log refuses writes until it is reopened.
     #[error("log {path} stopped accepting writes after an fsync failure; restart to recover")]
     Poisoned { path: PathBuf },

@@ -75,6 +75,11 @@ pub fn offset_entry(idx: &[u8], i: usize) -> OffsetEntry {
     OffsetEntry::at(idx, i)
 }
 
+/// The `i`th time entry. Panics if out of bounds (callers index below `time_entries`).
+pub fn time_entry(idx: &[u8], i: usize) -> TimeEntry {
+    TimeEntry::at(idx, i)
+}
+
 /// The last time entry, if any.
 pub fn last_time_entry(idx: &[u8]) -> Option<TimeEntry> {
     time_entries(idx)

@@ -391,6 +391,9 @@ impl Log {
         }
         let mut w = self.writer.lock();
         let end = self.end.load(Ordering::Acquire);
+        if end.checked_add(records.len() as u64).is_none() {
+            return Err(Error::LogFull { end });
+        }
         if let Some(at) = at
             && at != end
         {
@@ -789,8 +792,11 @@ impl Log {
                                 if r.offset < next {
                                     continue;
                                 }
-                                if r.offset >= end {
-                                    break 'segments;
+                                if r.offset >= seg_end {
+                                    // Past the log's end, or a (damaged) batch running past
+                                    // its segment's end: those offsets, if any, belong to
+                                    // the next segment (found by fuzzing).
+                                    break;
                                 }
                                 let n = r.payload_len();
                                 if !out.is_empty()
@@ -807,7 +813,8 @@ impl Log {
                         expected = h.next_offset();
                     }
                     Probe::Damaged(reason) => {
-                        let resume = segment::resync(&data, pos, expected + 1, seg_end);
+                        let resume =
+                            segment::resync(&data, pos, expected.saturating_add(1), seg_end);
                         let lost =
                             expected..resume.as_ref().map_or(seg_end, |(_, h)| h.base_offset);
                         tracing::error!(segment = %seg.log_path.display(), position = pos, offsets = ?lost, %reason, "corrupt batch");
@@ -847,7 +854,7 @@ impl Log {
                 continue;
             }
             let data = seg.data(&self.shared.cache)?;
-            let from = seg.time_start(&self.shared.cache, ts);
+            let from = seg.time_start(&self.shared.cache, &data, ts);
             let s = seg.locate(&self.shared.cache, &data, from);
             let (mut pos, mut expected) = (s.pos, s.offset);
             let seg_end = seg.end().min(end);
@@ -855,10 +862,15 @@ impl Log {
                 let h = match segment::probe(&data, pos, expected) {
                     Probe::Batch(h) => h,
                     Probe::Damaged(reason) => {
+                        // The first record at or after `ts` may be among the lost ones: say
+                        // which offsets are lost rather than guess past them.
+                        let resume =
+                            segment::resync(&data, pos, expected.saturating_add(1), seg_end);
+                        let lost = expected..resume.map_or(seg_end, |(_, h)| h.base_offset);
                         return Err(Error::Corrupt {
                             path: seg.log_path.clone(),
                             position: pos as u64,
-                            offsets: None,
+                            offsets: Some(lost),
                             reason,
                         });
                     }
@@ -903,7 +915,9 @@ impl Log {
                 .is_some_and(|max| remaining.saturating_sub(s.len()) >= max);
             let by_age = self.config.retention.is_some_and(|age| {
                 let newest = s.max_timestamp(&self.shared.cache);
-                newest != i64::MIN && newest < now_ms.saturating_sub(age.as_millis() as i64)
+                newest != i64::MIN
+                    && newest
+                        < now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
             });
             if !(by_bytes || by_age) {
                 break;
@@ -1105,7 +1119,8 @@ impl Log {
                         expected = h.next_offset();
                     }
                     Probe::Damaged(reason) => {
-                        let resume = segment::resync(&data, pos, expected + 1, seg_end);
+                        let resume =
+                            segment::resync(&data, pos, expected.saturating_add(1), seg_end);
                         let (rpos, rbase) =
                             resume.map_or((data.len(), seg_end), |(p, h)| (p, h.base_offset));
                         damage.push(Damage {
@@ -1117,6 +1132,21 @@ impl Log {
                         pos = rpos;
                         expected = rbase;
                     }
+                }
+            }
+            // Index problems matter only where the log itself is intact: a damaged log
+            // explains them, and its own damage is reported above.
+            let log_damaged = damage.iter().any(|d| d.segment == seg.log_path);
+            if !log_damaged {
+                for (path, problem) in seg.check_indexes(&self.shared.cache, &data) {
+                    damage.push(Damage {
+                        segment: path,
+                        positions: 0..0,
+                        offsets: seg.base..seg.base,
+                        reason: format!(
+                            "{problem} (indexes are derived: rebuilt from the log when next used)"
+                        ),
+                    });
                 }
             }
             if !seg.is_active() && data[pos.min(data.len())..].iter().any(|&b| b != 0) {

@@ -58,7 +58,10 @@ pub fn recover_tail(
     let mut start = (0usize, base);
     for i in (0..index::offset_entries(offsets)).rev() {
         let e = index::offset_entry(offsets, i);
-        let at = base + u64::from(e.rel);
+        // An entry whose offset would pass u64::MAX points at no batch (found by fuzzing).
+        let Some(at) = base.checked_add(u64::from(e.rel)) else {
+            continue;
+        };
         if matches!(segment::probe(&data, e.pos as usize, at), Probe::Batch(_)) {
             kept = i + 1;
             start = (e.pos as usize, at);
@@ -66,16 +69,37 @@ pub fn recover_tail(
         }
     }
 
-    // 2. Scan the tail with full checks, keeping the headers for the replay below.
+    // 2. Scan the tail with full checks, keeping the headers for the replay below. A bad
+    //    batch followed by valid batches that continue the offsets is damage inside the
+    //    log (reads report it as lost), not a torn tail: cutting there would throw away
+    //    acknowledged records that are intact on disk.
     let mut tail = Vec::new();
     let (mut pos, mut expected) = start;
-    while pos < data.len() {
-        let Probe::Batch(h) = segment::probe(&data, pos, expected) else {
+    loop {
+        while pos < data.len() {
+            let Probe::Batch(h) = segment::probe(&data, pos, expected) else {
+                break;
+            };
+            tail.push((pos, h));
+            pos += h.total_len;
+            expected = h.next_offset();
+        }
+        if pos >= data.len() {
             break;
-        };
-        tail.push((pos, h));
-        pos += h.total_len;
-        expected = h.next_offset();
+        }
+        match segment::resync(&data, pos, expected.saturating_add(1), u64::MAX) {
+            Some((p, h)) => {
+                tracing::error!(
+                    segment = %path.display(),
+                    positions = ?(pos..p),
+                    offsets = ?(expected..h.base_offset),
+                    "damaged batches inside the last segment; later batches are intact and kept"
+                );
+                pos = p;
+                expected = h.base_offset;
+            }
+            None => break,
+        }
     }
     let (valid_end, end) = (pos, expected);
 

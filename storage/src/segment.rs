@@ -237,9 +237,13 @@ impl Segment {
             Ok(None) => from_start,
             Ok(Some(e)) => {
                 let pos = e.pos as usize;
-                let at = self.base + u64::from(e.rel);
+                // `None` past u64::MAX: a bogus entry, like one that misses its batch.
+                let at = self.base.checked_add(u64::from(e.rel));
                 match data.get(pos..).map(batch::decode_header) {
-                    Some(Ok(h)) if h.base_offset == at => ScanStart { pos, offset: at },
+                    Some(Ok(h)) if Some(h.base_offset) == at => ScanStart {
+                        pos,
+                        offset: h.base_offset,
+                    },
                     _ => {
                         self.rebuild_indexes(cache, data);
                         from_start
@@ -255,30 +259,132 @@ impl Segment {
         if known != UNKNOWN_TS || self.is_active() {
             return known;
         }
+        let Ok(data) = self.data(cache) else {
+            return UNKNOWN_TS;
+        };
         let from_index = self
             .closed_time_index(cache)
             .and_then(|idx| index::last_time_entry(&idx))
+            .filter(|e| self.time_entry_agrees(cache, &data, *e))
             .map(|e| e.ts);
         let ts = match from_index {
             Some(ts) => ts,
-            None => match self.data(cache) {
-                Ok(data) => self.rebuild_indexes(cache, &data).unwrap_or(UNKNOWN_TS),
-                Err(_) => UNKNOWN_TS,
-            },
+            None => self.rebuild_indexes(cache, &data).unwrap_or(UNKNOWN_TS),
         };
         self.max_ts.fetch_max(ts, Ordering::AcqRel);
         ts
     }
 
-    /// Relative offset where a scan for the first record at or after `ts` may start.
-    pub fn time_start(&self, cache: &MapCache, ts: i64) -> u64 {
+    /// Offset where a scan for the first record at or after `ts` may start.
+    pub fn time_start(&self, cache: &MapCache, data: &Bytes, ts: i64) -> u64 {
         let found = match self.active.read().as_ref() {
             Some(idx) => index::time_lookup(&idx.times, ts),
             None => self
                 .closed_time_index(cache)
                 .and_then(|idx| index::time_lookup(&idx, ts)),
         };
-        found.map_or(self.base, |e| self.base + u64::from(e.rel))
+        let Some(e) = found else {
+            return self.base;
+        };
+        // A closed segment's entry is checked against its batch before it is trusted; an
+        // entry past u64::MAX is bogus.
+        match self.base.checked_add(u64::from(e.rel)) {
+            Some(at) if self.is_active() || self.time_entry_agrees(cache, data, e) => at,
+            _ => {
+                self.rebuild_indexes(cache, data);
+                self.base
+            }
+        }
+    }
+
+    /// What is wrong with a closed segment's index files (for `verify`): each file with
+    /// its problem. One pass over the batch headers; repairs nothing.
+    pub fn check_indexes(&self, cache: &MapCache, data: &Bytes) -> Vec<(PathBuf, String)> {
+        let mut problems = Vec::new();
+        if self.is_active() {
+            return problems;
+        }
+        // Every batch start: position → (base offset, max timestamp).
+        let mut batches = std::collections::HashMap::new();
+        let (mut pos, mut expected) = (0usize, self.base);
+        while let Ok(h) = hop(data, pos) {
+            if h.base_offset != expected {
+                break;
+            }
+            batches.insert(pos, (h.base_offset, h.max_timestamp_ms));
+            pos += h.total_len;
+            expected = h.next_offset();
+        }
+        let by_offset: std::collections::HashMap<u64, i64> = batches.values().copied().collect();
+        match cache.get(self.id, FileKind::Index, &self.index_path) {
+            Err(e) => problems.push((
+                self.index_path.clone(),
+                format!("offset index unreadable: {e}"),
+            )),
+            Ok(idx) if index::valid_offset_prefix(&idx, self.len()) != idx.len() => {
+                problems.push((self.index_path.clone(), "offset index is malformed".into()));
+            }
+            Ok(idx) => {
+                for i in 0..index::offset_entries(&idx) {
+                    let e = index::offset_entry(&idx, i);
+                    let at = self.base.checked_add(u64::from(e.rel));
+                    if batches.get(&(e.pos as usize)).map(|b| Some(b.0)) != Some(at) {
+                        problems.push((
+                            self.index_path.clone(),
+                            format!("offset index entry {i} does not point at its batch"),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        match cache.get(self.id, FileKind::TimeIndex, &self.time_path) {
+            Err(e) => problems.push((
+                self.time_path.clone(),
+                format!("time index unreadable: {e}"),
+            )),
+            Ok(t)
+                if index::valid_time_prefix(&t, self.end().saturating_sub(self.base))
+                    != t.len() =>
+            {
+                problems.push((self.time_path.clone(), "time index is malformed".into()));
+            }
+            Ok(t) => {
+                for i in 0..index::time_entries(&t) {
+                    let e = index::time_entry(&t, i);
+                    let at = self.base.checked_add(u64::from(e.rel));
+                    if at.and_then(|a| by_offset.get(&a)) != Some(&e.ts) {
+                        problems.push((
+                            self.time_path.clone(),
+                            format!("time index entry {i} disagrees with its batch"),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Whether a time entry says what its batch says: every entry records the maximum
+    /// timestamp of the very batch that raised the segment's running maximum.
+    fn time_entry_agrees(&self, cache: &MapCache, data: &Bytes, e: TimeEntry) -> bool {
+        let Some(at) = self.base.checked_add(u64::from(e.rel)) else {
+            return false;
+        };
+        let s = self.locate(cache, data, at);
+        let (mut pos, mut expected) = (s.pos, s.offset);
+        while expected < at {
+            match hop(data, pos) {
+                Ok(h) if h.base_offset == expected => {
+                    pos += h.total_len;
+                    expected = h.next_offset();
+                }
+                _ => return false,
+            }
+        }
+        expected == at
+            && hop(data, pos).is_ok_and(|h| h.base_offset == at && h.max_timestamp_ms == e.ts)
     }
 
     /// Rebuilds a closed segment's index files from its log (they are derived data) and
@@ -440,7 +546,8 @@ pub fn probe(data: &[u8], pos: usize, expected: u64) -> Probe {
 }
 
 /// The next position after `from` holding a fully valid batch whose base offset lies in
-/// `min_offset..max_offset`: where reading can resume after damage.
+/// `min_offset..max_offset` (and no further than the skipped bytes can hold): where reading
+/// can resume after damage.
 pub fn resync(
     data: &[u8],
     from: usize,
@@ -450,9 +557,14 @@ pub fn resync(
     let magic = batch::MAGIC.to_le_bytes();
     let mut pos = from + 1;
     while pos + batch::HEADER_LEN <= data.len() {
+        // The base offset lies outside the CRC: besides the range, it must be reachable
+        // from `min_offset` through the skipped bytes (every record takes at least a byte),
+        // so a damaged base offset is never believed.
+        let reachable = min_offset.saturating_add((pos - from) as u64);
         if data[pos + 12..pos + 16] == magic
             && let Ok(h) = batch::check(&data[pos..])
             && (min_offset..max_offset).contains(&h.base_offset)
+            && h.base_offset <= reachable
         {
             return Some((pos, h));
         }
@@ -462,12 +574,14 @@ pub fn resync(
 }
 
 /// Decodes a header without the CRC check, for hopping over trusted bytes.
+/// `pos` may lie past the end (a snapshot's position is read from disk): that is an error.
 pub fn hop(data: &[u8], pos: usize) -> Result<BatchHeader, BatchError> {
-    let h = batch::decode_header(&data[pos..])?;
-    if pos + h.total_len > data.len() {
+    let rest = data.get(pos..).unwrap_or_default();
+    let h = batch::decode_header(rest)?;
+    if h.total_len > rest.len() {
         return Err(BatchError::Truncated {
             needed: h.total_len,
-            available: data.len() - pos,
+            available: rest.len(),
         });
     }
     Ok(h)

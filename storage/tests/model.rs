@@ -304,7 +304,7 @@ fn build(specs: &[RecordSpec], times: Times, model: &Model) -> Vec<Record> {
 }
 
 fn run(ops: Vec<Op>, times: Times) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::ram_tempdir(8 * 1024 * 1024);
     let (mut storage, mut log) = open(dir.path());
     let mut model = Model::default();
     for op in ops {
@@ -446,7 +446,7 @@ proptest! {
     })]
 
     /// The main model test. Batch timestamps never go backwards here; out-of-order batches
-    /// are covered by the test below, which fails on a recovery bug.
+    /// are covered by the test below.
     #[test]
     fn log_agrees_with_vec_model_across_appends_reads_reopens_and_truncations(
         ops in proptest::collection::vec(op(), 10..120)

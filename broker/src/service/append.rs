@@ -156,6 +156,14 @@ pub fn pipelined(
                             status.message()
                         ));
                         let _ = pending_tx.send(Pending::Done(Err(e))).await;
+                    } else if status.code() == tonic::Code::Internal {
+                        // The request could not be decoded: end the stream with an error,
+                        // never a clean end that reads as "all done".
+                        let e = Error::invalid(format!(
+                            "malformed AppendRequest: {}",
+                            status.message()
+                        ));
+                        let _ = pending_tx.send(Pending::Done(Err(e))).await;
                     } else {
                         tracing::debug!(%status, "append stream ended by the client");
                     }

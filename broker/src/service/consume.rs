@@ -256,6 +256,9 @@ impl Session {
                 },
                 req = requests.next() => match req {
                     Some(Ok(req)) => self.on_request(req),
+                    Some(Err(status)) if status.code() == tonic::Code::Internal => {
+                        break Err(Error::invalid(format!("malformed ConsumeRequest: {}", status.message())));
+                    }
                     Some(Err(status)) => {
                         tracing::debug!(member = %self.member_id, %status, "consume stream broken");
                         break Ok(());
@@ -326,7 +329,8 @@ impl Session {
             .collect();
         let Some(&id) = ids.first() else { return };
         self.cursor = id + 1;
-        let (max_records, default_bytes) = super::read::limits(&self.inner, 0, 0);
+        let (max_records, _) = super::read::limits(&self.inner, 0, 0);
+        let default_bytes = self.inner.config.stream_max_bytes.max(1) as usize;
         let max_records = (max_records as u64).min(self.max_records - records).max(1) as usize;
         let max_bytes = (default_bytes as u64).min(self.max_bytes - bytes).max(1) as usize;
         let part = self.parts.get_mut(&id).expect("listed above");
@@ -616,6 +620,15 @@ impl Session {
                     if let Some(part) = self.parts.get_mut(&p) {
                         while part.in_flight.front().is_some_and(|f| f.end <= offset) {
                             part.in_flight.pop_front();
+                        }
+                        // A commit inside a batch frees the committed part of it.
+                        if let Some(f) = part.in_flight.front_mut() {
+                            let start = f.end - f.records;
+                            if offset > start {
+                                let left = f.end - offset;
+                                f.bytes = f.bytes * left / f.records.max(1);
+                                f.records = left;
+                            }
                         }
                     }
                     self.outq.push_back(ConsumeResponse {

@@ -32,6 +32,8 @@ pub struct Inner {
     pub config: Arc<BrokerConfig>,
     pub auth: crate::auth::Auth,
     pub quotas: crate::quota::Quotas,
+    /// Room for queued Subscribe messages across all streams, in KiB.
+    pub stream_budget: Arc<tokio::sync::Semaphore>,
     pub registry: Registry,
     pub offsets: OffsetStore,
     pub metrics: Metrics,
@@ -243,6 +245,19 @@ impl Broker for BrokerService {
         self.inner
             .auth
             .check(&who, Op::Describe, Resource::Group(&req.group))?;
-        Ok(Response::new(groups::describe(&self.inner, req)?))
+        if let Some(t) = &req.topic {
+            self.inner
+                .auth
+                .check(&who, Op::Describe, Resource::Topic(t))?;
+        }
+        // Offsets, end offsets and lag of a topic are topic data: shown only where the
+        // principal may describe the topic, as GetOffsets does.
+        let mut resp = groups::describe(&self.inner, req)?;
+        resp.topics.retain(|t| {
+            self.inner
+                .auth
+                .allows(&who, Op::Describe, Resource::Topic(&t.topic))
+        });
+        Ok(Response::new(resp))
     }
 }

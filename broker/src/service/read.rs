@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use spool_proto::v1::start_position::Kind;
 use spool_proto::v1::{ReadRequest, ReadResponse, SubscribeRequest, SubscribeResponse};
 use spool_storage::StoredRecord;
@@ -126,7 +126,11 @@ async fn start_offset(
         Kind::Timestamp => {
             let log = Arc::clone(log);
             let ts = start.timestamp_ms;
-            tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts)).await??
+            let found = tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts)).await?;
+            if let Err(spool_storage::Error::Corrupt { .. }) = &found {
+                inner.metrics.data_loss_errors.inc();
+            }
+            found?
         }
         Kind::Committed => inner
             .offsets
@@ -169,10 +173,12 @@ pub async fn subscribe(
         let p = topic.partition(i)?;
         starts.push((i, start_offset(inner, &topic, p, &req).await?));
     }
-    let (max_records, max_bytes) = limits(inner, req.max_batch_records, 0);
+    let (max_records, _) = limits(inner, req.max_batch_records, 0);
+    let max_bytes = inner.config.stream_max_bytes.max(1) as usize;
     let (tx, rx) = mpsc::channel(inner.config.stream_buffer);
     inner.metrics.active_subscriptions.inc();
     let guard = Arc::new(SubscriptionGuard(Arc::clone(inner)));
+    let free = Arc::new(FreeSlot::default());
     for (index, from) in starts {
         let pump = Pump {
             who: who.clone(),
@@ -183,12 +189,51 @@ pub async fn subscribe(
             max_records,
             max_bytes,
             tx: tx.clone(),
+            free: Arc::clone(&free),
             _guard: Arc::clone(&guard),
         };
         tokio::spawn(pump.run());
     }
-    Ok(ReceiverStream::new(rx))
+    // A message gives its room back once tonic takes it to encode.
+    Ok(ReceiverStream::new(rx).map(|(item, room): Queued| {
+        match room {
+            Room::Free(slot) => slot.release(),
+            Room::Budget(permit) => drop(permit),
+            Room::None => {}
+        }
+        item
+    }))
 }
+
+/// Each stream may always queue one message outside the shared budget, so a stream never
+/// starves because others stalled; further messages need room in the budget.
+#[derive(Default)]
+struct FreeSlot {
+    taken: std::sync::atomic::AtomicBool,
+    returned: tokio::sync::Notify,
+}
+
+impl FreeSlot {
+    fn try_take(&self) -> bool {
+        !self.taken.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    fn release(&self) {
+        self.taken
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.returned.notify_waiters();
+    }
+}
+
+/// What a queued message occupies until tonic takes it.
+enum Room {
+    Free(Arc<FreeSlot>),
+    Budget(tokio::sync::OwnedSemaphorePermit),
+    None,
+}
+
+/// A queued stream message and the room it holds.
+type Queued = (Result<SubscribeResponse, Status>, Room);
 
 struct Pump {
     who: Principal,
@@ -198,14 +243,15 @@ struct Pump {
     next: u64,
     max_records: usize,
     max_bytes: usize,
-    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    tx: mpsc::Sender<Queued>,
+    free: Arc<FreeSlot>,
     _guard: Arc<SubscriptionGuard>,
 }
 
 impl Pump {
     async fn run(mut self) {
         if let Err(e) = self.pump().await {
-            let _ = self.tx.send(Err(Status::from(e))).await;
+            let _ = self.tx.send((Err(Status::from(e)), Room::None)).await;
         }
     }
 
@@ -235,6 +281,30 @@ impl Pump {
             }
             self.next = records.last().map_or(self.next, |r| r.offset + 1);
             let (records, bytes) = convert::records_to_proto(records);
+            // Queued messages of all streams share one memory budget (records cost their
+            // payload plus their in-memory frame).
+            let kib =
+                ((bytes + 128 * records.len() as u64) / 1024 + 1).min(u64::from(u32::MAX)) as u32;
+            let budget = Arc::clone(&self.inner.stream_budget);
+            let total = (self.inner.config.stream_memory_bytes / 1024)
+                .clamp(1024, u64::from(u32::MAX)) as u32;
+            let room = kib.min(total).max(1);
+            let permit = loop {
+                let returned = self.free.returned.notified();
+                if self.free.try_take() {
+                    break Room::Free(Arc::clone(&self.free));
+                }
+                tokio::select! {
+                    p = Arc::clone(&budget).acquire_many_owned(room) => match p {
+                        Ok(p) => break Room::Budget(p),
+                        Err(_) => return Err(Error::ShuttingDown),
+                    },
+                    () = returned => {}
+                    () = self.tx.closed() => return Ok(()),
+                    () = self.topic.deleted.cancelled() => return Err(Error::TopicNotFound(self.topic.name.clone())),
+                    () = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
+                }
+            };
             super::throttle(&self.inner, &self.who, Direction::Consume, bytes).await?;
             self.inner.metrics.observe_read(&self.topic.name, bytes);
             let msg = SubscribeResponse {
@@ -243,7 +313,7 @@ impl Pump {
                 end_offset: partition.log.end_offset(),
             };
             tokio::select! {
-                sent = self.tx.send(Ok(msg)) => if sent.is_err() { return Ok(()) },
+                sent = self.tx.send((Ok(msg), permit)) => if sent.is_err() { return Ok(()) },
                 () = self.topic.deleted.cancelled() => return Err(Error::TopicNotFound(self.topic.name.clone())),
                 () = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
             }

@@ -48,6 +48,7 @@ fn storage_code(e: &StorageError) -> Code {
         StorageError::SequenceGap { .. } => Code::FailedPrecondition,
         StorageError::SequenceTooOld { .. } => Code::FailedPrecondition,
         StorageError::Poisoned { .. } => Code::Unavailable,
+        StorageError::LogFull { .. } => Code::ResourceExhausted,
         StorageError::InvalidName { .. } => Code::InvalidArgument,
         StorageError::InvalidConfig(_) => Code::InvalidArgument,
         // `spool_storage::Error` is non-exhaustive: a variant added there lands here until

@@ -73,8 +73,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "SPOOL_CERT", value_name = "FILE")]
     cert: Option<std::path::PathBuf>,
 
-    /// PEM private key of --cert.
-    #[arg(long, global = true, env = "SPOOL_KEY", value_name = "FILE")]
+    /// PEM private key of --cert. Give it before the subcommand (`spool --key k.pem
+    /// produce ...`): after `produce`, `--key` is the records' key.
+    #[arg(long, env = "SPOOL_KEY", value_name = "FILE")]
     key: Option<std::path::PathBuf>,
 
     /// Bearer token sent with every request (prefer the SPOOL_TOKEN variable: arguments

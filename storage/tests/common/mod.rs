@@ -115,6 +115,22 @@ pub fn read_all(log: &Log, from: u64) -> Vec<StoredRecord> {
     out
 }
 
+/// Reads every record from `from` up to (not including) `until`, which must be readable.
+pub fn read_all_until(log: &Log, from: u64, until: u64) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < until {
+        let got = log
+            .read(next, usize::MAX, usize::MAX)
+            .unwrap_or_else(|e| panic!("read at {next}: {e}"));
+        assert!(!got.is_empty(), "empty read at {next} below {until}");
+        assert_eq!(got[0].offset, next, "read starts at the requested offset");
+        out.extend(got.into_iter().take_while(|r| r.offset < until));
+        next = out.last().map_or(until, |r| r.offset + 1);
+    }
+    out
+}
+
 /// FNV-1a over a batch's keys and values: a checksum a child process reports and the
 /// parent recomputes from what it reads back.
 pub fn checksum<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
@@ -128,6 +144,21 @@ pub fn checksum<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> 
         }
     }
     h
+}
+
+/// A temporary directory on a RAM file system when one with room for `need_bytes` exists
+/// (`/dev/shm`), else the default temporary directory. For tests of recovery logic rather
+/// than of the disk: they reopen logs thousands of times, every open fsyncs, and on a busy
+/// disk those fsyncs alone take minutes.
+pub fn ram_tempdir(need_bytes: u64) -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if let Ok(st) = rustix::fs::statvfs(shm)
+        && st.f_bavail.saturating_mul(st.f_frsize) >= need_bytes.saturating_mul(2)
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("tempdir")
 }
 
 /// Lines of `/proc/self/maps` naming a file under `dir`.

@@ -27,3 +27,4 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 SPOOL_BIN="$bin" "$venv/bin/python" "$here/test_interop.py"
 SPOOLD="$bin" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_groups.py"
+SPOOLD="$bin" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_tls.py"

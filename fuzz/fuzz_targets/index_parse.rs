@@ -1,0 +1,8 @@
+//! Fuzz target `index_parse`: the harness is `spool_fuzz::index_parse` (see there for the input layout and
+//! the properties checked), shared with the regression tests in
+//! `storage/tests/fuzz_regressions.rs`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| spool_fuzz::index_parse::run(data));
