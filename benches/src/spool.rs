@@ -297,14 +297,13 @@ impl Sender for SpoolSender {
                 }));
             }
         };
-        let mut pending = Vec::with_capacity(values.len());
-        for v in values {
-            pending.push(
-                producer
-                    .enqueue(ProducerRecord::new(v).partition(partition))
-                    .await?,
-            );
-        }
+        let pending = producer
+            .enqueue_many(
+                values
+                    .into_iter()
+                    .map(|v| ProducerRecord::new(v).partition(partition)),
+            )
+            .await?;
         Ok(Box::pin(async move {
             for p in pending {
                 p.await?;

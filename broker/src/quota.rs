@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 
-/// One principal's limits (`[[auth.quotas]]`); 0 = unlimited.
+/// One principal's limits (`[[quotas]]` in the config file); 0 = unlimited.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {

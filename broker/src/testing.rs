@@ -49,6 +49,11 @@ impl TempBroker {
         format!("http://{}", self.running().grpc_addr)
     }
 
+    /// The Prometheus address, e.g. `127.0.0.1:40124` (GET `/metrics`).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.running().metrics_addr
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.dir
     }

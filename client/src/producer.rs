@@ -113,6 +113,7 @@ type Reply = oneshot::Sender<Result<Delivery>>;
 
 enum Cmd {
     Send(ProducerRecord, Reply),
+    SendMany(Vec<(ProducerRecord, Reply)>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -202,6 +203,34 @@ impl Producer {
             .await
             .map_err(|_| Error::Closed)?;
         Ok(PendingDelivery(rx))
+    }
+
+    /// Hands many records to the producer at once (cheaper than one [`Producer::enqueue`]
+    /// each); one future per record, in order.
+    pub async fn enqueue_many(
+        &self,
+        records: impl IntoIterator<Item = ProducerRecord>,
+    ) -> Result<Vec<PendingDelivery>> {
+        let mut batch = Vec::new();
+        let mut pending = Vec::new();
+        for record in records {
+            if let Some(p) = record.partition
+                && p >= self.partitions
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "partition {p} does not exist: the topic has partitions 0..{}",
+                    self.partitions
+                )));
+            }
+            let (reply, rx) = oneshot::channel();
+            batch.push((record, reply));
+            pending.push(PendingDelivery(rx));
+        }
+        self.tx
+            .send(Cmd::SendMany(batch))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(pending)
     }
 
     /// Sends everything buffered and waits until every record sent so far is answered.
@@ -328,11 +357,34 @@ impl Actor {
                 self.conn.is_none() && (!self.in_flight.is_empty() || self.buffered > 0);
             let accept = open && self.buffered < self.options.buffer_records;
             tokio::select! {
-                cmd = rx.recv(), if accept => match cmd {
-                    Some(Cmd::Send(record, reply)) => self.add(record, reply),
-                    Some(Cmd::Flush(done)) => self.flushes.push(done),
-                    None => open = false,
-                },
+                cmd = rx.recv(), if accept => {
+                    let mut next = cmd;
+                    // Take what is already queued in one turn: one pass of the loop (clock,
+                    // timers, dispatch) per burst of records, not per record.
+                    loop {
+                        match next {
+                            Some(Cmd::Send(record, reply)) => self.add(record, reply),
+                            Some(Cmd::SendMany(batch)) => {
+                                for (record, reply) in batch {
+                                    self.add(record, reply);
+                                }
+                            }
+                            Some(Cmd::Flush(done)) => self.flushes.push(done),
+                            None => {
+                                open = false;
+                                break;
+                            }
+                        }
+                        if self.buffered >= self.options.buffer_records {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(cmd) => next = Some(cmd),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => next = None,
+                        }
+                    }
+                }
                 resp = next_response(&mut self.conn), if self.conn.is_some() => self.on_response(resp),
                 () = sleep_until(linger_at), if linger_at.is_some() && self.conn.is_some() => {}
                 () = tokio::time::sleep(self.options.backoff_delay(&self.client, self.attempt)), if needs_conn => {
