@@ -778,16 +778,7 @@ impl Log {
                 match probe {
                     Probe::Batch(h) => {
                         if h.next_offset() > next {
-                            let batch = Batch {
-                                header: h,
-                                bytes: data.slice(pos..pos + h.total_len),
-                            };
-                            let records = batch.records().map_err(|e| Error::Corrupt {
-                                path: seg.log_path.clone(),
-                                position: pos as u64,
-                                offsets: Some(h.base_offset..h.next_offset()),
-                                reason: e.to_string(),
-                            })?;
+                            let records = decode(&seg, &data, pos, h)?;
                             for r in records {
                                 if r.offset < next {
                                     continue;
@@ -876,16 +867,7 @@ impl Log {
                     }
                 };
                 if h.max_timestamp_ms >= ts {
-                    let batch = Batch {
-                        header: h,
-                        bytes: data.slice(pos..pos + h.total_len),
-                    };
-                    let records = batch.records().map_err(|e| Error::Corrupt {
-                        path: seg.log_path.clone(),
-                        position: pos as u64,
-                        offsets: Some(h.base_offset..h.next_offset()),
-                        reason: e.to_string(),
-                    })?;
+                    let records = decode(&seg, &data, pos, h)?;
                     if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts) {
                         return Ok(r.offset.min(end));
                     }
@@ -1187,6 +1169,26 @@ impl Log {
         }
         self.poisoned.store(true, Ordering::Release);
     }
+}
+
+/// The records of the validated batch `h` at `pos`; a batch whose records do not decode is
+/// damage, reported with its offsets.
+fn decode(
+    seg: &Segment,
+    data: &bytes::Bytes,
+    pos: usize,
+    h: batch::BatchHeader,
+) -> Result<Vec<StoredRecord>> {
+    let batch = Batch {
+        header: h,
+        bytes: data.slice(pos..pos + h.total_len),
+    };
+    batch.records().map_err(|e| Error::Corrupt {
+        path: seg.log_path.clone(),
+        position: pos as u64,
+        offsets: Some(h.base_offset..h.next_offset()),
+        reason: e.to_string(),
+    })
 }
 
 fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<(File, File, File)> {
