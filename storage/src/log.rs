@@ -216,7 +216,10 @@ impl Log {
             config.index_interval_bytes,
             snapshot,
         )?;
-        let producers = tail.producers;
+        let mut producers = tail.producers;
+        // A snapshot (derived data) may remember batches the log no longer holds: forget
+        // them, so a retry is never answered with offsets that do not exist.
+        producers.truncate(tail.end);
         // What recovery kept may be only in the page cache (the process, not the machine,
         // went down): make it durable before calling it so.
         file.sync_data()
@@ -668,6 +671,8 @@ impl Log {
     /// fdatasync (group commit): whoever finds no flush running starts one that covers
     /// everything published so far; the others wait for it and re-check.
     pub fn sync_to(&self, target: u64) -> Result<()> {
+        // Nothing past the end can become durable: never wait for it.
+        let target = target.min(self.end_offset());
         if self.durable_offset() >= target {
             return Ok(());
         }

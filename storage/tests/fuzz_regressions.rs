@@ -249,6 +249,57 @@ fn append_whose_offsets_pass_u64_max_fails_without_panic() {
     assert_eq!(log.end_offset(), u64::MAX);
 }
 
+/// Found by `segment_recovery` (a hang, so libFuzzer kept no input; these files reproduce
+/// it): a CRC-valid `.producers` snapshot of an empty last segment that remembers producer 1
+/// with sequence 0 at offsets `1000..1001`, past the log's end. A retry of sequence 0 is
+/// judged a duplicate of those offsets, and `Log::append` (durability `Always`) then calls
+/// `sync_to(1001)`, which loops for ever: the durable offset never passes the end offset 0.
+/// Beyond the hang, the append is acknowledged as a duplicate of records that do not exist.
+/// Needs a decision (check snapshot producer entries against the log on recovery, and/or
+/// never answer a duplicate beyond the end), so it is left open.
+#[test]
+fn append_of_a_duplicate_past_the_end_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("l");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    std::fs::write(log_dir.join(format!("{:020}.log", 0)), b"").unwrap();
+    let mut snap = b"SPLP".to_vec();
+    snap.push(2);
+    snap.extend_from_slice(&0u64.to_le_bytes()); // position
+    snap.extend_from_slice(&0u64.to_le_bytes()); // next_offset
+    snap.extend_from_slice(&i64::MIN.to_le_bytes()); // max_timestamp
+    snap.extend_from_slice(&0u32.to_le_bytes()); // max_relative_offset
+    snap.extend_from_slice(&1u32.to_le_bytes()); // producer_count
+    snap.extend_from_slice(&1u64.to_le_bytes()); // producer_id
+    snap.extend_from_slice(&0u16.to_le_bytes()); // producer_epoch
+    snap.push(1); // n
+    snap.extend_from_slice(&0u64.to_le_bytes()); // sequence
+    snap.extend_from_slice(&1000u64.to_le_bytes()); // base_offset
+    snap.extend_from_slice(&1u32.to_le_bytes()); // record_count
+    let crc = crc32fast::hash(&snap);
+    snap.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(log_dir.join(format!("{:020}.producers", 0)), snap).unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("l", LogConfig::default()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stamp = ProducerStamp {
+        producer_id: 1,
+        producer_epoch: 0,
+        sequence: 0,
+    };
+    // The append runs on its own thread so a hang fails the test instead of stalling it.
+    std::thread::spawn(move || {
+        let _ = tx.send(log.append(&[one_record()], stamp).map(|a| a.base_offset));
+    });
+    let answer = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("append did not return within 10 s");
+    assert!(
+        !matches!(answer, Ok(base) if base >= 1000),
+        "acknowledged as a duplicate of offsets past the end: {answer:?}"
+    );
+}
+
 /// The `index_parse` harness runs in the normal suite too (no crash input so far), so it
 /// keeps compiling against the storage crate.
 #[test]
