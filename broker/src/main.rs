@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         );
         std::process::exit(1);
     }
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,4 +159,20 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("spoold failed")
     })
+}
+
+/// Every partition's active segment holds a file descriptor: lift the soft limit on open
+/// files to the hard one, so ten thousand partitions fit where the hard limit allows.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
 }

@@ -63,6 +63,7 @@ fn check_offsets(idx: &[u8], log_len: u64, rels: &[u32]) {
     let ok = |i: usize| {
         let e = entries[i];
         u64::from(e.pos) < log_len
+            && e.pos > 0
             && (i == 0 || (e.rel > entries[i - 1].rel && e.pos > entries[i - 1].pos))
     };
     assert!((0..kept).all(ok), "the valid prefix holds a bad entry");

@@ -47,10 +47,10 @@ pub fn run(data: &[u8]) {
         index_interval_bytes: 1 + u32::from(r.u8()) * 8,
         preallocate_bytes: 4096,
         // Not `Always`: with it, an append judged a duplicate of offsets past the end (a
-        // recovered producer entry from a damaged snapshot) hangs in `Log::sync_to`, a
-        // known bug kept as an ignored regression test
-        // (`append_of_a_duplicate_past_the_end_does_not_hang`). Reopening in-process reads
-        // the page cache, so the append-then-reopen property holds under `Never` too.
+        // recovered producer entry from a damaged snapshot) hung in `Log::sync_to`
+        // (`append_of_a_duplicate_past_the_end_does_not_hang`, fixed since). Reopening
+        // in-process reads the page cache, so the append-then-reopen property holds under
+        // `Never` too. Worth switching back to `Always` once a run with it is clean.
         durability: Durability::Never,
         ..LogConfig::default()
     };
@@ -124,9 +124,9 @@ pub fn run(data: &[u8]) {
     let log = storage
         .open_log("l", config)
         .unwrap_or_else(|e| panic!("reopening must succeed, got: {e}"));
-    // Only fresh appends: a duplicate may be answered with offsets past the end (the known
-    // bug of `append_of_a_duplicate_past_the_end_does_not_hang`, input
-    // `duplicate_of_offsets_past_the_end`).
+    // Only fresh appends: a duplicate used to be answered with offsets past the end
+    // (`append_of_a_duplicate_past_the_end_does_not_hang`, input
+    // `duplicate_of_offsets_past_the_end`, fixed since).
     if let Some(a) = acked.filter(|a| !a.duplicate) {
         let acked_end = a.base_offset + u64::from(a.record_count);
         assert!(

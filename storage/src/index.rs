@@ -121,13 +121,16 @@ pub fn time_lookup(idx: &[u8], ts: i64) -> Option<TimeEntry> {
 }
 
 /// Length in bytes of the longest prefix of `idx` that is a well-formed offset index for a
-/// segment of `log_len` bytes: whole entries, strictly increasing, positions inside the log.
+/// segment of `log_len` bytes: whole entries, strictly increasing, positions inside the log
+/// and past its first batch.
 pub fn valid_offset_prefix(idx: &[u8], log_len: u64) -> usize {
     let mut prev: Option<OffsetEntry> = None;
     for i in 0..offset_entries(idx) {
         let e = OffsetEntry::at(idx, i);
         let ordered = prev.is_none_or(|p| e.rel > p.rel && e.pos > p.pos);
-        if !ordered || u64::from(e.pos) >= log_len {
+        // No entry names position 0: the first batch of a segment starts there, at the
+        // segment's base offset, and needs no entry (one claiming another offset is bogus).
+        if !ordered || e.pos == 0 || u64::from(e.pos) >= log_len {
             return i * OFFSET_ENTRY_LEN;
         }
         prev = Some(e);
@@ -189,12 +192,18 @@ mod tests {
 
     #[test]
     fn validation_keeps_the_well_formed_prefix() {
-        let idx = offsets(&[(0, 0), (10, 4096), (9, 5000), (30, 9000)]);
+        let idx = offsets(&[(2, 100), (10, 4096), (9, 5000), (30, 9000)]);
         assert_eq!(valid_offset_prefix(&idx, 10_000), 16);
-        let idx = offsets(&[(0, 0), (10, 4096)]);
+        let idx = offsets(&[(2, 100), (10, 4096)]);
         assert_eq!(valid_offset_prefix(&idx, 4096), 8, "position past the log");
-        let mut torn = offsets(&[(0, 0), (10, 4096)]);
+        let mut torn = offsets(&[(2, 100), (10, 4096)]);
         torn.truncate(13);
         assert_eq!(valid_offset_prefix(&torn, 10_000), 8);
+        let at_start = offsets(&[(195, 0), (200, 4096)]);
+        assert_eq!(
+            valid_offset_prefix(&at_start, 10_000),
+            0,
+            "no entry names position 0"
+        );
     }
 }

@@ -300,6 +300,51 @@ fn append_of_a_duplicate_past_the_end_does_not_hang() {
     );
 }
 
+/// Found by `segment_recovery`: an acknowledged append lost on reopen. Segment 0's `.log`
+/// holds one CRC-valid batch at position 0 whose base offset is 195, and its `.index` an
+/// entry `rel = 195, pos = 0`. The first open trusts the entry (the batch there has the
+/// offset it claims), so the log ends at 196 and an append lands at 196. The second open
+/// (the `.index` and `.timeindex` now as the first open rewrote them) scans the segment from
+/// its start, where offset 0 is expected, finds 195, and cuts the whole file: end offset 0,
+/// the acknowledged record gone. Recovery accepted a log through the index that a scan from
+/// the start rejects (an entry at position 0 must have `rel = 0`; more generally nothing
+/// checks the batches before the entry chain up to it when the scan starts at position 0).
+/// No longer reproduces with the index write changes made meanwhile in `log.rs` (not by
+/// this test's author); the first open still accepts a segment whose first batch does not
+/// carry the segment's base offset. Input kept at
+/// `fuzz/regressions/segment_recovery/index_entry_at_start_with_wrong_offset`.
+#[test]
+fn acknowledged_append_survives_reopen_after_index_claims_a_wrong_first_offset() {
+    segment_recovery::run(include_bytes!(
+        "../../fuzz/regressions/segment_recovery/index_entry_at_start_with_wrong_offset"
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("l");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let mut buf = Vec::new();
+    batch::encode(&mut buf, 195, ProducerStamp::default(), &[one_record()]);
+    std::fs::write(log_dir.join(format!("{:020}.log", 0)), &buf).unwrap();
+    let mut index = 195u32.to_le_bytes().to_vec();
+    index.extend_from_slice(&0u32.to_le_bytes());
+    std::fs::write(log_dir.join(format!("{:020}.index", 0)), index).unwrap();
+    let acked = {
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let log = storage.open_log("l", LogConfig::default()).unwrap();
+        let a = log
+            .append(&[one_record()], ProducerStamp::default())
+            .unwrap();
+        a.base_offset + u64::from(a.record_count)
+    };
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("l", LogConfig::default()).unwrap();
+    assert!(
+        log.end_offset() >= acked,
+        "acknowledged offsets up to {acked} lost: end offset {} after reopen",
+        log.end_offset()
+    );
+}
+
 /// The `index_parse` harness runs in the normal suite too (no crash input so far), so it
 /// keeps compiling against the storage crate.
 #[test]
