@@ -109,7 +109,7 @@ impl Default for BrokerConfig {
             default_max_bytes: 1024 * 1024,
             max_wait_ms: 30_000,
             stream_buffer: 4,
-            stream_max_bytes: 64 * 1024,
+            stream_max_bytes: 256 * 1024,
             stream_memory_bytes: 64 * 1024 * 1024,
             retention_check_ms: 60_000,
             max_in_flight_appends: 1024,

@@ -225,6 +225,9 @@ impl FreeSlot {
     }
 }
 
+/// The largest message a stream may queue in its own free slot (one record may exceed it).
+const FREE_SLOT_BYTES: usize = 64 * 1024;
+
 /// What a queued message occupies until tonic takes it.
 enum Room {
     Free(Arc<FreeSlot>),
@@ -258,15 +261,21 @@ impl Pump {
     async fn pump(&mut self) -> Result<()> {
         let partition = self.topic.partition(self.index)?;
         let mut end = partition.watch_end();
+        let budget = Arc::clone(&self.inner.stream_budget);
+        let small = self.max_bytes.min(FREE_SLOT_BYTES);
+        let mut force_small = false;
         loop {
-            let records = read_blocking(
-                &self.inner,
-                partition,
-                self.next,
-                self.max_records,
-                self.max_bytes,
-            )
-            .await?;
+            // Full-size messages while the shared budget has ample room; messages that fit
+            // the stream's own free slot when it does not, so a stream always progresses.
+            let roomy = budget.available_permits() as u64 * 1024 >= 4 * self.max_bytes as u64;
+            let cap = if roomy && !force_small {
+                self.max_bytes
+            } else {
+                small
+            };
+            force_small = false;
+            let records =
+                read_blocking(&self.inner, partition, self.next, self.max_records, cap).await?;
             if records.is_empty() {
                 if *end.borrow_and_update() > self.next {
                     continue;
@@ -279,32 +288,45 @@ impl Pump {
                 }
                 continue;
             }
-            self.next = records.last().map_or(self.next, |r| r.offset + 1);
+            let next = records.last().map_or(self.next, |r| r.offset + 1);
             let (records, bytes) = convert::records_to_proto(records);
             // Queued messages of all streams share one memory budget (records cost their
             // payload plus their in-memory frame).
             let kib =
                 ((bytes + 128 * records.len() as u64) / 1024 + 1).min(u64::from(u32::MAX)) as u32;
-            let budget = Arc::clone(&self.inner.stream_budget);
             let total = (self.inner.config.stream_memory_bytes / 1024)
                 .clamp(1024, u64::from(u32::MAX)) as u32;
             let room = kib.min(total).max(1);
-            let permit = loop {
-                let returned = self.free.returned.notified();
-                if self.free.try_take() {
-                    break Room::Free(Arc::clone(&self.free));
+            let fits_free_slot = bytes <= small as u64 || records.len() == 1;
+            let permit = if !fits_free_slot {
+                // A large message goes only into room the budget has right now; if others
+                // took it meanwhile, the records are read again as a small message.
+                match Arc::clone(&budget).try_acquire_many_owned(room) {
+                    Ok(p) => Room::Budget(p),
+                    Err(_) => {
+                        force_small = true;
+                        continue;
+                    }
                 }
-                tokio::select! {
-                    p = Arc::clone(&budget).acquire_many_owned(room) => match p {
-                        Ok(p) => break Room::Budget(p),
-                        Err(_) => return Err(Error::ShuttingDown),
-                    },
-                    () = returned => {}
-                    () = self.tx.closed() => return Ok(()),
-                    () = self.topic.deleted.cancelled() => return Err(Error::TopicNotFound(self.topic.name.clone())),
-                    () = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
+            } else {
+                loop {
+                    let returned = self.free.returned.notified();
+                    if self.free.try_take() {
+                        break Room::Free(Arc::clone(&self.free));
+                    }
+                    tokio::select! {
+                        p = Arc::clone(&budget).acquire_many_owned(room) => match p {
+                            Ok(p) => break Room::Budget(p),
+                            Err(_) => return Err(Error::ShuttingDown),
+                        },
+                        () = returned => {}
+                        () = self.tx.closed() => return Ok(()),
+                        () = self.topic.deleted.cancelled() => return Err(Error::TopicNotFound(self.topic.name.clone())),
+                        () = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
+                    }
                 }
             };
+            self.next = next;
             super::throttle(&self.inner, &self.who, Direction::Consume, bytes).await?;
             self.inner.metrics.observe_read(&self.topic.name, bytes);
             let msg = SubscribeResponse {
