@@ -14,10 +14,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use spool_storage::{Durability, Log, LogConfig, ProducerStamp, Record, Storage};
+use spool_storage::{Durability, Log, LogConfig, ProducerStamp, Record, Storage, sync_dir};
 
 use crate::error::{Error, Result};
-use crate::registry::sync_dir;
 
 const LOG: &str = "internal/offsets";
 const COMPACT: &str = "internal/offsets.compact";

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use spool_storage::{Durability, Log, LogConfig, Storage};
+use spool_storage::{Durability, Log, LogConfig, Storage, sync_dir};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -436,13 +436,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         fs::rename(&tmp, path)
     };
     write().map_err(|e| Error::io("write", path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    Ok(sync_dir(path.parent().unwrap_or(Path::new(".")))?)
 }
 
 #[cfg(test)]

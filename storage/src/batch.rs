@@ -140,24 +140,11 @@ pub fn encode(
         .max()
         .unwrap_or(first_ts);
     out.resize(HEADER_LEN, 0);
-    // One pass, one copy: each record's length is computed first, so its fields go
-    // straight into `out`.
-    let body_len: usize = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| record_encoded_len(r, i, first_ts))
-        .sum();
-    out.reserve(body_len);
+    // One copy: each record's length is computed first, so its fields go straight into
+    // `out` (the writer reuses `out` between appends, so it rarely reallocates).
     for (i, r) in records.iter().enumerate() {
         let ts_delta = zigzag(r.timestamp_ms.wrapping_sub(first_ts));
-        let mut len = varint_len(i as u64)
-            + varint_len(ts_delta)
-            + bytes_len(r.key.len())
-            + bytes_len(r.value.len())
-            + varint_len(r.headers.len() as u64);
-        for h in &r.headers {
-            len += bytes_len(h.key.len()) + bytes_len(h.value.len());
-        }
+        let len = record_body_len(r, i, first_ts);
         put_varint(out, len as u64);
         put_varint(out, i as u64);
         put_varint(out, ts_delta);
@@ -198,6 +185,12 @@ pub fn encode(
 
 /// Exact encoded size of one record (length prefix included), for limit checks.
 pub fn record_encoded_len(r: &Record, index: usize, first_ts: i64) -> usize {
+    let n = record_body_len(r, index, first_ts);
+    n + varint_len(n as u64)
+}
+
+/// Bytes of one record after its length prefix.
+fn record_body_len(r: &Record, index: usize, first_ts: i64) -> usize {
     let mut n = varint_len(index as u64)
         + varint_len(zigzag(r.timestamp_ms.wrapping_sub(first_ts)))
         + bytes_len(r.key.len())
@@ -206,7 +199,7 @@ pub fn record_encoded_len(r: &Record, index: usize, first_ts: i64) -> usize {
     for h in &r.headers {
         n += bytes_len(h.key.len()) + bytes_len(h.value.len());
     }
-    n + varint_len(n as u64)
+    n
 }
 
 /// Decodes the fixed header at the start of `buf` and checks length, magic, version and

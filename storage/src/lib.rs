@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use batch::{Header, ProducerStamp, Record, StoredRecord};
 pub use config::{Durability, LogConfig, StorageConfig};
 pub use error::{Error, Result};
-pub use log::{Appended, Damage, Listener, Log, OpenReport};
+pub use log::{Appended, Damage, Listener, Log, OpenReport, sync_dir};
 
 /// State shared by every log of one storage: the map cache, segment ids, the flusher.
 pub(crate) struct Shared {

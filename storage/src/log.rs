@@ -615,12 +615,7 @@ impl Log {
     }
 
     fn fsync(&self, file: &File, path: &Path) -> Result<()> {
-        let target = if path.is_dir() {
-            path.join("x")
-        } else {
-            path.to_path_buf()
-        };
-        faults::check(faults::Op::Sync, &target)
+        faults::check(faults::Op::Sync, path)
             .and_then(|()| file.sync_data())
             .map_err(|e| {
                 // After a failed fsync the kernel may have dropped the dirty pages: never
@@ -1256,7 +1251,7 @@ fn remove_file(path: &Path) -> Result<()> {
 }
 
 /// fsyncs a directory so the names created or removed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync directory", dir, e))

@@ -144,6 +144,9 @@ impl Segment {
 
     /// Adds index entries of the active segment (after the batch is published).
     pub fn push_index(&self, offset: Option<OffsetEntry>, time: Option<TimeEntry>) {
+        if offset.is_none() && time.is_none() {
+            return;
+        }
         if let Some(idx) = self.active.write().as_mut() {
             if let Some(e) = offset {
                 e.encode(&mut idx.offsets);
