@@ -265,10 +265,14 @@ impl Segment {
         let Ok(data) = self.data(cache) else {
             return UNKNOWN_TS;
         };
+        // The last entry must agree with its batch, and no later batch may be newer (a
+        // truncated time index loses its final entries while staying well formed). The
+        // answer is cached, so the header walk after the entry happens once per segment.
         let from_index = self
             .closed_time_index(cache)
             .and_then(|idx| index::last_time_entry(&idx))
             .filter(|e| self.time_entry_agrees(cache, &data, *e))
+            .filter(|e| self.newest_from(cache, &data, e.rel) == Some(e.ts))
             .map(|e| e.ts);
         let ts = match from_index {
             Some(ts) => ts,
@@ -367,6 +371,24 @@ impl Segment {
             }
         }
         problems
+    }
+
+    /// The newest timestamp of the batches from relative offset `rel` to the segment's end
+    /// (headers only), or `None` where the batches do not chain.
+    fn newest_from(&self, cache: &MapCache, data: &Bytes, rel: u32) -> Option<i64> {
+        let at = self.base.checked_add(u64::from(rel))?;
+        let s = self.locate(cache, data, at);
+        let (mut pos, mut expected) = (s.pos, s.offset);
+        let mut newest = i64::MIN;
+        while expected < self.end() {
+            let h = hop(data, pos).ok().filter(|h| h.base_offset == expected)?;
+            if h.base_offset >= at {
+                newest = newest.max(h.max_timestamp_ms);
+            }
+            pos += h.total_len;
+            expected = h.next_offset();
+        }
+        Some(newest)
     }
 
     /// Whether a time entry says what its batch says: every entry records the maximum
