@@ -184,7 +184,9 @@ impl Spool {
             batch_bytes: (w.batch_size * w.message_size).clamp(1 << 20, 16 << 20),
             linger,
             max_in_flight: 32,
-            buffer_records: (w.batch_size * 8).max(10_000),
+            // Accepted and unanswered records: the five batches in flight per partition
+            // and as many queued behind them.
+            buffer_records: (w.batch_size * 10).max(10_000),
             ..ProducerOptions::default()
         };
         Ok(Spool {
@@ -298,16 +300,14 @@ impl Sender for SpoolSender {
             }
         };
         let pending = producer
-            .enqueue_many(
+            .enqueue_batch(
                 values
                     .into_iter()
                     .map(|v| ProducerRecord::new(v).partition(partition)),
             )
             .await?;
         Ok(Box::pin(async move {
-            for p in pending {
-                p.await?;
-            }
+            pending.await?;
             Ok(())
         }))
     }

@@ -137,6 +137,8 @@ impl Client {
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            // Subscribe batches arrive in a few large DATA frames, not 16 KiB ones.
+            .max_frame_size(Some(1 << 20))
             .connect()
             .await
             .map_err(|e| Error::unreachable(&endpoint, &e))?;

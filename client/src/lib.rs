@@ -40,7 +40,9 @@ pub use consumer::{
     GroupConsumer, GroupOptions, MemberState, Message, Reader, ReaderOptions, Start,
 };
 pub use error::{Error, Result};
-pub use producer::{Delivery, PendingDelivery, Producer, ProducerOptions, ProducerRecord};
+pub use producer::{
+    Delivery, PendingBatch, PendingDelivery, Producer, ProducerOptions, ProducerRecord,
+};
 pub use spool_proto::v1;
 
 /// The endpoint the CLI and examples use when none is given.

@@ -7,6 +7,7 @@ mod library_support;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use bytes::Bytes;
 use library_support::*;
@@ -329,4 +330,120 @@ async fn a_member_committing_inside_a_batch_gets_more_records() {
                 .expect("committing");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_calls_larger_than_the_buffer_resolve_in_call_order_and_store_once() {
+    const CALLS: usize = 6;
+    const PER_CALL: usize = 5_000; // more than buffer_records: handed over in parts
+    const PARTITIONS: u32 = 3;
+    let broker = TempBroker::start().await;
+    let client = connect(&broker.endpoint()).await;
+    client
+        .create_topic("batches", PARTITIONS, TopicConfig::default())
+        .await
+        .expect("creating the topic");
+    let producer = Producer::new(
+        &client,
+        "batches",
+        ProducerOptions {
+            batch_records: 300,
+            buffer_records: 2_000,
+            ..ProducerOptions::default()
+        },
+    )
+    .await
+    .expect("starting the producer");
+    let mut pending = Vec::new();
+    for c in 0..CALLS {
+        // Keys spread each call over every partition, so a call's runs split across
+        // partitions and broker batches and come back out of order.
+        let records = (c * PER_CALL..(c + 1) * PER_CALL)
+            .map(|i| ProducerRecord::new(value(i)).key(format!("k{}", i % 7)));
+        pending.push(
+            within(
+                DEADLINE,
+                "enqueueing a batch",
+                producer.enqueue_batch(records),
+            )
+            .await
+            .expect("enqueueing a batch"),
+        );
+    }
+    let mut results = Vec::new();
+    for p in pending {
+        let deliveries = within(DEADLINE, "a batch's answers", p)
+            .await
+            .expect("every record of the call acknowledged");
+        assert_eq!(deliveries.len(), PER_CALL, "one delivery per record");
+        results.extend(deliveries.into_iter().map(Ok));
+    }
+    for (i, d) in results.iter().enumerate() {
+        let d = d.as_ref().expect("acknowledged");
+        let key = format!("k{}", i % 7);
+        assert_eq!(
+            d.partition,
+            spool_proto::partitioning::partition_for_key(key.as_bytes(), PARTITIONS),
+            "record {i}'s delivery names the wrong partition"
+        );
+    }
+    let positions = read_stored(&client, "batches").await;
+    check_deliveries(&results, &positions);
+    assert_exactly(&positions, CALLS * PER_CALL);
+    producer.close().await.expect("closing the producer");
+}
+
+#[tokio::test]
+async fn the_buffer_bounds_unanswered_records_not_calls() {
+    let broker = RestartableBroker::start().await;
+    let proxy = Proxy::start(broker.addr()).await;
+    let client = connect(&proxy.endpoint()).await;
+    client
+        .create_topic("bounded", 1, TopicConfig::default())
+        .await
+        .expect("creating the topic");
+    let producer = Producer::new(
+        &client,
+        "bounded",
+        ProducerOptions {
+            batch_records: 100,
+            buffer_records: 1_000,
+            ..ProducerOptions::default()
+        },
+    )
+    .await
+    .expect("starting the producer");
+    // The network goes away: whatever is enqueued now stays unanswered.
+    proxy.set_accepting(false);
+    proxy.cut();
+    let records = |n: usize| (0..n).map(|i| ProducerRecord::new(value(i)));
+    let _first = producer
+        .enqueue_batch(records(600))
+        .await
+        .expect("600 of 1,000 fit");
+    let _second = producer
+        .enqueue_batch(records(400))
+        .await
+        .expect("1,000 of 1,000 fit");
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(500),
+        producer.enqueue(ProducerRecord::new("one more")),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "a record beyond buffer_records must wait for answers, not be accepted"
+    );
+    // Once the network is back the waiting room frees up and everything is stored.
+    proxy.set_accepting(true);
+    let last = within(
+        DEADLINE,
+        "the waiting record",
+        producer.enqueue(ProducerRecord::new("one more")),
+    )
+    .await
+    .expect("accepted once answers come back");
+    within(DEADLINE, "its acknowledgement", last)
+        .await
+        .expect("stored");
 }

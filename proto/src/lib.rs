@@ -45,6 +45,20 @@ pub mod v1 {
     tonic::include_proto!("spool.v1");
 }
 
+impl v1::Record {
+    /// Payload bytes as size limits and batching count them: key, value, header keys and
+    /// header values (no framing).
+    pub fn payload_len(&self) -> usize {
+        self.key.len()
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.len())
+                .sum::<usize>()
+    }
+}
+
 /// The encoded `google.protobuf.FileDescriptorSet` of `spool/v1/spool.proto`,
 /// source comments included, for `tonic-reflection`:
 /// `Builder::configure().register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)`.

@@ -6,16 +6,6 @@ use spool_storage::{Header, Record, StoredRecord};
 use crate::error::{Error, Result};
 use crate::registry::{Fsync, Topic};
 
-/// Payload bytes of a record as limits count them: key, value, header keys and values.
-pub fn payload_len(r: &v1::Record) -> usize {
-    r.key.len()
-        + r.value.len()
-        + r.headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum::<usize>()
-}
-
 /// Converts appended records, stamping broker time where `timestamp_ms` is 0 and checking
 /// each record against `max_record_bytes`. Keys and values move without copying.
 pub fn to_storage(
@@ -31,7 +21,7 @@ pub fn to_storage(
     let mut total = 0u64;
     let mut out = Vec::with_capacity(records.len());
     for (i, r) in records.into_iter().enumerate() {
-        let size = payload_len(&r);
+        let size = r.payload_len();
         if size > max_record_bytes as usize {
             return Err(Error::invalid(format!(
                 "record {i} is {size} bytes (key, value and headers); the topic's max_record_bytes is {max_record_bytes}"
