@@ -10,7 +10,8 @@
 #   produce, page cache: spool --fsync never  | redis appendfsync everysec | nats
 #   consume (pre-filled, page cache): spool never | redis everysec | nats
 #   e2e, open loop at half of Spool's page-cache produce rate of that size, for $E2E_SECS s
-# plus the disk's fdatasync'd sequential bandwidth (dd, 1 MiB writes, each synced).
+# plus the disk's fdatasync'd sequential bandwidth (dd, 1 MiB writes, each synced) and a
+# Spool-only durable run with large batches (16 x 64 KiB = 1 MiB) to compare with it.
 #
 # Results: OUT_DIR/results.jsonl (one line per run: scenario + spool-bench's JSON),
 # OUT_DIR/<run>.log (stderr), OUT_DIR/<run>.cdf.json (latency distribution), table.md.
@@ -67,7 +68,7 @@ run() {
     echo "== $name: spool-bench $* --target $target" >&2
     local json
     if json="$("$BENCH" "$@" --target "$target" "${server[@]}" --message-size "$size" \
-        --batch-size "$BATCH" --json --latency-out "$OUT/$name.cdf.json" 2>"$OUT/$name.log")"; then
+        --batch-size "${RUN_BATCH:-$BATCH}" --json --latency-out "$OUT/$name.cdf.json" 2>"$OUT/$name.log")"; then
         printf '{"scenario":"%s","target":"%s","size":%s,"args":"%s","result":%s}\n' \
             "$scenario" "$target" "$size" "$*" "$json" >>"$OUT/results.jsonl"
         tail -n 2 "$OUT/$name.log" >&2
@@ -105,6 +106,10 @@ PY
     run e2e redis "$size" e2e --rate "$rate" --duration "$E2E_SECS" --fsync interval
     run e2e nats "$size" e2e --rate "$rate" --duration "$E2E_SECS" --fsync never
 done
+
+# Large batches for the bandwidth target: 1 MiB batches of 64 KiB messages, where the
+# per-record costs are small, against dd's synced 1 MiB writes above.
+RUN_BATCH=16 run produce-durable-large spool 65536 produce --count "${COUNT_HUGE:-20000}" --fsync always
 
 python3 benches/scripts/compare_table.py "$OUT/results.jsonl" | tee "$OUT/table.md"
 echo "results in $OUT" >&2

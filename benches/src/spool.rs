@@ -186,7 +186,7 @@ impl Spool {
             max_in_flight: 32,
             // Accepted and unanswered records: the five batches in flight per partition
             // and as many queued behind them.
-            buffer_records: (w.batch_size * 10).max(10_000),
+            buffer_records: w.batch_size * 10,
             ..ProducerOptions::default()
         };
         Ok(Spool {
