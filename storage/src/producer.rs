@@ -8,7 +8,9 @@ use std::collections::{HashMap, VecDeque};
 use crate::batch::{BatchHeader, ProducerStamp};
 use crate::error::{Error, Result};
 
-/// How many recent batches per producer are remembered for duplicate detection.
+/// How many recent batches per producer are remembered for duplicate detection. Part of the
+/// API contract (docs/api.md, `AppendRequest` in spool.proto: clients keep at most this many
+/// requests per partition unanswered): never lower it.
 pub const REMEMBERED_BATCHES: usize = 8;
 
 const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"SPLP");
