@@ -42,7 +42,8 @@ def human(v):
 
 
 def throughput_svg(runs, path):
-    sizes = sorted({s for (_, _, s) in runs})
+    plotted = {sc for sc, _ in SCENARIOS}
+    sizes = sorted({s for (sc, _, s) in runs if sc in plotted})
     pw, ph, ml, mt, mb = 300, 260, 60, 40, 50
     width = ml + len(SCENARIOS) * (pw + 30) + 20
     height = mt + ph + mb + 30
