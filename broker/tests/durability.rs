@@ -122,6 +122,7 @@ async fn graceful_restart_keeps_topics_records_and_committed_offsets() {
 
 #[tokio::test]
 async fn sigterm_with_open_streams_exits_zero_and_ends_them_unavailable() {
+    // Open: a subscription, a long poll and an idle AppendStream.
     let mut broker = Broker::start();
     let mut c = broker.client().await;
     create_topic(&mut c, "t", 1, FsyncPolicy::Always).await;
@@ -148,10 +149,40 @@ async fn sigterm_with_open_streams_exits_zero_and_ends_them_unavailable() {
             })
             .await
     });
+    // An AppendStream that answered once and is now idle, its request side still open.
+    create_topic(&mut c, "a", 1, FsyncPolicy::Always).await;
+    let (requests, rx) = tokio::sync::mpsc::channel(1);
+    let mut appends = c
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("opening an AppendStream")
+        .into_inner();
+    requests
+        .send(AppendRequest {
+            topic: "a".into(),
+            partition: Some(0),
+            records: recs("s", 0..1),
+            ..AppendRequest::default()
+        })
+        .await
+        .expect("sending one append");
+    within("the append's answer", appends.message())
+        .await
+        .expect("answered")
+        .expect("one answer");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     broker.stop().await;
+    assert!(
+        !broker.log().contains("did not finish"),
+        "open streams held the shutdown up until its grace period ran out:\n{}",
+        broker.log()
+    );
 
+    let end = within("the end of the idle append stream", appends.message()).await;
+    let status = end.expect_err("the append stream must end with an error, not OK");
+    assert_eq!(status.code(), Code::Unavailable, "{status}");
+    drop(requests);
     let end = within("the end of the stream", stream.message()).await;
     let status = end.expect_err("the stream must end with an error, not OK");
     assert_eq!(status.code(), Code::Unavailable, "{status}");

@@ -122,9 +122,10 @@ pub async fn unary(
     start(inner, who, req).await.finish().await
 }
 
-/// Runs an AppendStream: a reader task writes requests in order and queues their pending
-/// fsyncs (at most `max_in_flight_appends`, which is the stream's backpressure); an
-/// answering task resolves them in order. The first failure ends the stream.
+/// Runs an AppendStream: a decoding task hands requests to a writer task, which writes them
+/// in order and queues their pending fsyncs (at most `max_in_flight_appends`, which is the
+/// stream's backpressure); an answering task resolves them in order. The first failure ends
+/// the stream.
 pub fn pipelined(
     inner: Arc<Inner>,
     who: Principal,
@@ -132,12 +133,30 @@ pub fn pipelined(
 ) -> impl Stream<Item = Result<AppendResponse, Status>> {
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(inner.config.max_in_flight_appends);
     let (out_tx, out_rx) = mpsc::channel(inner.config.stream_buffer.max(64));
+    // Decoding (tonic copies each request out of its HTTP/2 frames) runs on its own task,
+    // one request ahead of the writer, so the two copies of a batch overlap.
+    let (decoded_tx, mut decoded) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            // Stop (and drop the request stream) as soon as the writer is gone, even while
+            // the client sends nothing: a shutdown must not wait for the client.
+            let item = tokio::select! {
+                item = requests.next() => item,
+                () = decoded_tx.closed() => return,
+            };
+            let Some(item) = item else { return };
+            let failed = item.is_err();
+            if decoded_tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
     let reader_inner = Arc::clone(&inner);
     tokio::spawn(async move {
         let inner = reader_inner;
         loop {
             let next = tokio::select! {
-                next = requests.next() => next,
+                next = decoded.recv() => next,
                 () = inner.shutdown.cancelled() => {
                     let _ = pending_tx.send(Pending::Done(Err(Error::ShuttingDown))).await;
                     return;
