@@ -827,6 +827,48 @@ async fn a_commit_for_a_partition_revoked_by_a_rebalance_is_rejected_and_moves_n
 }
 
 #[tokio::test]
+async fn a_commit_from_an_earlier_assignment_cannot_move_the_offset_back() {
+    let broker = Broker::start();
+    let mut c = broker.client().await;
+    create_topic(&mut c, "t", 2, FsyncPolicy::Always).await;
+    fill(&mut c, "t", 2, 0..10).await;
+
+    // a reads everything, but has committed little when half of it moves to b.
+    let mut a = Member::open(&mut c, join("g", "t")).await.unwrap();
+    a.wait_caught_up(10).await;
+    a.commit_ok(0, 3).await;
+    a.commit_ok(1, 3).await;
+    let mut b = Member::open(&mut c, join("g", "t")).await.unwrap();
+    a.wait_until("the revocation", |m| m.partitions.len() == 1)
+        .await;
+    let moved = *b.partitions.first().expect("b owns one partition");
+    // b processes the moved partition and commits further than a ever did.
+    b.wait_caught_up(10).await;
+    b.commit_ok(moved, 8).await;
+    // b leaves; the partition comes back to a, which still holds records delivered under
+    // its first assignment.
+    b.send(Req::Leave(LeaveGroup {})).await;
+    a.wait_until("the partition's return", |m| m.partitions.len() == 2)
+        .await;
+    let ack = a.commit_and_wait(moved, 5).await;
+    assert!(
+        ack.rejected,
+        "a commit from before the partition moved away and back was accepted: {ack:?}"
+    );
+    assert!(
+        ack.reason.contains("earlier assignment"),
+        "the reason should say why: {:?}",
+        ack.reason
+    );
+    let mut want = [None, None];
+    want[moved as usize] = Some(8);
+    want[1 - moved as usize] = Some(3);
+    assert_eq!(committed(&mut c, "g", "t").await, want);
+    // Offsets at or past where the assignment started are fine.
+    a.commit_ok(moved, 9).await;
+}
+
+#[tokio::test]
 async fn an_ack_with_auto_commit_commits_the_acknowledged_batches() {
     let broker = Broker::start();
     let mut c = broker.client().await;

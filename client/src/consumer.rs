@@ -4,7 +4,7 @@
 //! from the offset after the last record it delivered, the member from its group's
 //! commits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -426,14 +426,48 @@ struct Member {
     tx: mpsc::Sender<Result<Delivered>>,
 }
 
-/// Commits sent and not yet answered, resent after a reconnect.
-type Waiting = HashMap<(u32, u64), Vec<oneshot::Sender<Result<()>>>>;
+/// Commits sent and not yet answered, in the order they were made: after a reconnect they
+/// go out again in that order, so the last commit of a partition is also the last applied
+/// (resent in any other order, an older offset could overwrite a newer one that the broker
+/// had already acknowledged).
+#[derive(Default)]
+struct Waiting(VecDeque<(u32, u64, oneshot::Sender<Result<()>>)>);
+
+impl Waiting {
+    fn push(&mut self, partition: u32, offset: u64, reply: oneshot::Sender<Result<()>>) {
+        self.0.push_back((partition, offset, reply));
+    }
+
+    /// Answers the oldest waiting commit of `offset` to `partition` (the broker answers a
+    /// stream's commits in order).
+    fn answer(&mut self, partition: u32, offset: u64, result: Result<()>) {
+        if let Some(i) = self
+            .0
+            .iter()
+            .position(|&(p, o, _)| p == partition && o == offset)
+            && let Some((_, _, reply)) = self.0.remove(i)
+        {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// (partition, offset) of every waiting commit, oldest first.
+    fn in_order(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.0.iter().map(|&(p, o, _)| (p, o))
+    }
+
+    fn fail_all(&mut self, e: &Error) {
+        for (_, _, reply) in self.0.drain(..) {
+            let _ = reply.send(Err(e.clone()));
+        }
+    }
+}
 
 impl Member {
     async fn run(self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
         let mut attempt = 0;
         let mut conn = 0u64;
-        let mut waiting = Waiting::new();
+        let mut waiting = Waiting::default();
         loop {
             conn += 1;
             let failure = self
@@ -442,11 +476,7 @@ impl Member {
             match failure {
                 None => return,
                 Some(e) if !e.is_retriable() || e.code() == Some(Code::Aborted) => {
-                    for (_, ws) in waiting.drain() {
-                        for w in ws {
-                            let _ = w.send(Err(e.clone()));
-                        }
-                    }
+                    waiting.fail_all(&e);
                     let _ = self.tx.send(Err(e)).await;
                     return;
                 }
@@ -482,7 +512,7 @@ impl Member {
         };
         let _ = req_tx.send(join);
         // Commits that were in flight when the previous stream broke go out again.
-        for &(partition, offset) in waiting.keys() {
+        for (partition, offset) in waiting.in_order() {
             let _ = req_tx.send(ConsumeRequest {
                 kind: Some(Req::Commit(CommitRequest { partition, offset })),
             });
@@ -535,11 +565,7 @@ impl Member {
                                 } else {
                                     Ok(())
                                 };
-                                if let Some(ws) = waiting.remove(&(a.partition, a.offset)) {
-                                    for w in ws {
-                                        let _ = w.send(result.clone());
-                                    }
-                                }
+                                waiting.answer(a.partition, a.offset, result);
                             }
                             None => {}
                         }
@@ -567,7 +593,7 @@ impl Member {
                         leaving = Some(done);
                     }
                     Some(Ctl::Commit { partition, offset, reply }) => {
-                        waiting.entry((partition, offset)).or_default().push(reply);
+                        waiting.push(partition, offset, reply);
                         let _ = req_tx.send(ConsumeRequest {
                             kind: Some(Req::Commit(CommitRequest { partition, offset })),
                         });
@@ -588,5 +614,38 @@ impl Member {
             return None;
         }
         Some(failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_commits_are_resent_in_the_order_made_and_answered_oldest_first() {
+        let mut w = Waiting::default();
+        let mut replies = Vec::new();
+        for (p, o) in [(3, 150), (1, 7), (3, 163), (3, 150)] {
+            let (tx, rx) = oneshot::channel();
+            w.push(p, o, tx);
+            replies.push(rx);
+        }
+        // A rewind (163, then 150 again) must reach the broker in that order too.
+        assert_eq!(
+            w.in_order().collect::<Vec<_>>(),
+            vec![(3, 150), (1, 7), (3, 163), (3, 150)]
+        );
+        w.answer(3, 150, Ok(()));
+        assert_eq!(
+            w.in_order().collect::<Vec<_>>(),
+            vec![(1, 7), (3, 163), (3, 150)],
+            "an answer settles the oldest commit of that offset only"
+        );
+        let mut replies = replies.into_iter();
+        assert!(matches!(replies.next().expect("first").await, Ok(Ok(()))));
+        w.fail_all(&Error::Closed);
+        for r in replies {
+            assert!(matches!(r.await, Ok(Err(Error::Closed))));
+        }
     }
 }

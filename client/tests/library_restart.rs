@@ -200,3 +200,66 @@ async fn a_group_member_resumes_from_its_commits_after_broker_restarts() {
         assert_eq!(committed.committed, Some(p.end_offset), "{committed:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_fed_without_pause_reconnects_on_its_backoff_not_when_its_buffer_fills() {
+    let mut broker = RestartableBroker::start().await;
+    let client = connect(&broker.endpoint()).await;
+    client
+        .create_topic("t", 1, TopicConfig::default())
+        .await
+        .expect("creating the topic");
+    let producer = Arc::new(
+        Producer::new(
+            &client,
+            "t",
+            ProducerOptions {
+                // At one record per 2 ms this buffer takes 200 s to fill.
+                buffer_records: 100_000,
+                ..ProducerOptions::default()
+            },
+        )
+        .await
+        .expect("starting the producer"),
+    );
+    producer
+        .send(ProducerRecord::new("before"))
+        .await
+        .expect("connected");
+    // Records keep arriving the whole time, each one waking the producer's task.
+    let feeder = {
+        let producer = Arc::clone(&producer);
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            loop {
+                if producer
+                    .enqueue(ProducerRecord::new(value(i)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    broker.stop().await;
+    // Down long enough for the first reconnect attempt to fail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.start_again().await;
+    let after = producer
+        .enqueue(ProducerRecord::new("after the restart"))
+        .await
+        .expect("enqueued");
+    // The backoff schedule (50 ms doubling) reconnects well within this; a backoff timer
+    // restarted by every enqueued record would wait for the full buffer instead.
+    within(
+        Duration::from_secs(30),
+        "an acknowledgement after the restart",
+        after,
+    )
+    .await
+    .expect("acknowledged");
+    feeder.abort();
+}

@@ -102,6 +102,10 @@ enum PartState {
 struct Part {
     /// Distinguishes this start of the partition from earlier ones, whose work is ignored.
     token: u64,
+    /// Where this assignment of the partition started (the committed offset then). A commit
+    /// below it can only come from records delivered under an earlier assignment, after
+    /// which another member may have committed further: it would move the offset back.
+    from: u64,
     next: u64,
     state: PartState,
     in_flight: VecDeque<InFlight>,
@@ -423,6 +427,7 @@ impl Session {
                         partition,
                         Part {
                             token: self.next_token,
+                            from: next,
                             next,
                             state: PartState::Idle,
                             in_flight: VecDeque::new(),
@@ -492,6 +497,19 @@ impl Session {
                 offset,
                 &format!(
                     "partition {partition} is not assigned to member {} in generation {}; the latest Assignment lists its partitions",
+                    self.member_id, self.generation
+                ),
+            ));
+            return;
+        }
+        if let Some(from) = self.parts.get(&partition).map(|p| p.from)
+            && offset < from
+        {
+            self.outq.push_back(reject(
+                partition,
+                offset,
+                &format!(
+                    "offset {offset} is below {from}, where member {}'s assignment of partition {partition} in generation {} started: it comes from records delivered under an earlier assignment; commit offsets of records received since the latest Assignment",
                     self.member_id, self.generation
                 ),
             ));

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use spool_proto::v1::{AppendRequest, AppendResponse, Record};
@@ -57,6 +57,10 @@ pub(super) struct Actor {
     sticky: u32,
     conn: Option<Conn>,
     attempt: u32,
+    /// No connection attempt before this instant (backoff after a failed one). A deadline,
+    /// not a delay: the loop wakes for every enqueued record, and a delay restarted on each
+    /// wake-up would never run out while records keep coming.
+    retry_at: Instant,
     down_since: Option<Instant>,
     flushes: Vec<oneshot::Sender<()>>,
 }
@@ -94,6 +98,7 @@ impl Actor {
             sticky: rand::random::<u32>() % partitions,
             conn: None,
             attempt: 0,
+            retry_at: Instant::now(),
             down_since: None,
             flushes: Vec::new(),
         }
@@ -114,7 +119,6 @@ impl Actor {
                 return;
             }
             let linger_at = self.linger_deadline();
-            let backoff = self.backoff_delay();
             let needs_conn =
                 self.conn.is_none() && (!self.in_flight.is_empty() || self.buffered > 0);
             tokio::select! {
@@ -140,7 +144,7 @@ impl Actor {
                     }
                 }
                 () = sleep_until(linger_at), if linger_at.is_some() && self.conn.is_some() => {}
-                () = tokio::time::sleep(backoff), if needs_conn => {
+                () = sleep_until(Some(self.retry_at)), if needs_conn => {
                     self.reconnect().await;
                 }
             }
@@ -332,16 +336,9 @@ impl Actor {
         }
     }
 
-    /// No wait before the first connection attempt; backoff after failures.
-    fn backoff_delay(&self) -> Duration {
-        if self.attempt == 0 {
-            Duration::ZERO
-        } else {
-            self.client.options().backoff.delay(self.attempt - 1)
-        }
-    }
-
+    /// Backs off before the next connection attempt.
     fn failed_attempt(&mut self) {
+        self.retry_at = Instant::now() + self.client.options().backoff.delay(self.attempt);
         self.attempt += 1;
         let since = *self.down_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= self.options.delivery_timeout {
