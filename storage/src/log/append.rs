@@ -1,0 +1,301 @@
+//! Appends: the producer check, encoding, the positioned write, publishing to readers, index
+//! entries and snapshots, space reservation, and segment rolls. All of it runs under the
+//! writer lock; see the module docs of `log` for the lock order.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::batch::{self, ProducerStamp, Record};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::faults;
+use crate::producer::{Snapshot, Verdict};
+use crate::segment::{self, ActiveIndex, IndexBuilder, Segment};
+
+use super::{
+    Appended, Log, SNAPSHOT_INTERVAL_BYTES, Writer, allocate, create_segment_files, rewrite,
+    sync_dir,
+};
+
+impl Log {
+    /// Appends `records` as one batch at the end of the log.
+    pub fn append(&self, records: &[Record], producer: ProducerStamp) -> Result<Appended> {
+        self.append_inner(None, records, producer, true)
+    }
+
+    /// Appends like [`Log::append`] but returns once the batch is written and visible,
+    /// without waiting for the durability policy: the caller calls [`Log::sync_to`] for
+    /// `base_offset + record_count` when the policy is [`Durability::Always`]. This lets a
+    /// pipelined caller keep the order of its writes while their fsyncs overlap.
+    pub fn append_unsynced(&self, records: &[Record], producer: ProducerStamp) -> Result<Appended> {
+        self.append_inner(None, records, producer, false)
+    }
+
+    /// Appends `records` as one batch that must start at `offset` (a follower's path).
+    pub fn append_at(
+        &self,
+        offset: u64,
+        records: &[Record],
+        producer: ProducerStamp,
+    ) -> Result<Appended> {
+        self.append_inner(Some(offset), records, producer, true)
+    }
+
+    pub(super) fn append_inner(
+        &self,
+        at: Option<u64>,
+        records: &[Record],
+        producer: ProducerStamp,
+        sync: bool,
+    ) -> Result<Appended> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        self.check_poisoned()?;
+        let first_ts = records[0].timestamp_ms;
+        let mut size = batch::HEADER_LEN as u64;
+        for (i, r) in records.iter().enumerate() {
+            let n = batch::record_encoded_len(r, i, first_ts) as u64;
+            if n > self.config.max_record_bytes {
+                return Err(Error::RecordTooLarge {
+                    size: n,
+                    max: self.config.max_record_bytes,
+                });
+            }
+            size += n;
+        }
+        if size > self.config.max_batch_bytes {
+            return Err(Error::BatchTooLarge {
+                size,
+                max: self.config.max_batch_bytes,
+            });
+        }
+        let mut w = self.writer.lock();
+        let end = self.end.load(Ordering::Acquire);
+        if end.checked_add(records.len() as u64).is_none() {
+            return Err(Error::LogFull { end });
+        }
+        if let Some(at) = at
+            && at != end
+        {
+            return Err(Error::OffsetMismatch {
+                expected: end,
+                got: at,
+            });
+        }
+        let appended = match w.producers.check(producer)? {
+            Verdict::Duplicate {
+                base_offset,
+                record_count,
+            } => {
+                drop(w);
+                Appended {
+                    base_offset,
+                    record_count,
+                    duplicate: true,
+                    fsynced: false,
+                }
+            }
+            Verdict::Append => {
+                let mut buf = std::mem::take(&mut w.scratch);
+                let header = batch::encode(&mut buf, end, producer, records);
+                let written = self.write_batch(&mut w, &buf, &header);
+                w.scratch = buf;
+                written?;
+                w.producers.observe(&header);
+                drop(w);
+                self.notify(header.next_offset());
+                Appended {
+                    base_offset: end,
+                    record_count: header.record_count,
+                    duplicate: false,
+                    fsynced: false,
+                }
+            }
+        };
+        let fsynced = match self.config.durability {
+            Durability::Always if sync => {
+                self.sync_to(appended.base_offset + u64::from(appended.record_count))?;
+                true
+            }
+            _ => self.durable_offset() >= appended.base_offset + u64::from(appended.record_count),
+        };
+        Ok(Appended {
+            fsynced,
+            ..appended
+        })
+    }
+
+    pub(super) fn write_batch(
+        &self,
+        w: &mut Writer,
+        buf: &[u8],
+        h: &batch::BatchHeader,
+    ) -> Result<()> {
+        let len = buf.len() as u64;
+        let rel_fits = u32::try_from(h.next_offset() - w.segment.base).is_ok();
+        if w.pos > 0 && (w.pos + len > self.config.segment_bytes || !rel_fits) {
+            self.roll(w)?;
+        }
+        self.reserve(w, w.pos + len)?;
+        let seg = Arc::clone(&w.segment);
+        faults::check(faults::Op::Write, &seg.log_path)
+            .and_then(|()| w.file.write_all_at(buf, w.pos))
+            .map_err(|e| Error::io("write", &seg.log_path, e))?;
+        let pos = w.pos;
+        w.pos += len;
+        let (offset_entry, time_entry) = w.index.observe(pos, (h.base_offset - seg.base) as u32, h);
+        seg.publish(w.pos, h.next_offset(), h.max_timestamp_ms);
+        seg.push_index(offset_entry, time_entry);
+        self.write_index_entries(w, offset_entry, time_entry);
+        self.end.store(h.next_offset(), Ordering::Release);
+        if w.pos - w.snapshot_pos >= SNAPSHOT_INTERVAL_BYTES {
+            self.write_snapshot(w, h.next_offset());
+        }
+        Ok(())
+    }
+
+    /// Saves the segment's state at the writer's position (not fsync'd: derived data that
+    /// only shortens recovery).
+    pub(super) fn write_snapshot(&self, w: &mut Writer, next_offset: u64) {
+        let snap = Snapshot {
+            position: w.pos,
+            next_offset,
+            max_ts: w.index.max_ts,
+            max_rel: w.index.max_rel,
+            producers: w.producers.clone(),
+        };
+        let path = self
+            .dir
+            .join(segment::file_name(w.segment.base, "producers"));
+        let tmp = path.with_extension("producers.tmp");
+        match fs::write(&tmp, snap.encode()).and_then(|()| fs::rename(&tmp, &path)) {
+            Ok(()) => w.snapshot_pos = w.pos,
+            Err(e) => tracing::warn!(log = %self.name, error = %e, "segment snapshot write failed"),
+        }
+    }
+
+    /// Appends index entries to the index files. Indexes are derived data: a failure here is
+    /// logged and repaired when the segment closes or the log is recovered.
+    pub(super) fn write_index_entries(
+        &self,
+        w: &mut Writer,
+        offset: Option<crate::index::OffsetEntry>,
+        time: Option<crate::index::TimeEntry>,
+    ) {
+        if let Some(e) = offset {
+            let mut buf = [0u8; crate::index::OFFSET_ENTRY_LEN];
+            buf[..4].copy_from_slice(&e.rel.to_le_bytes());
+            buf[4..].copy_from_slice(&e.pos.to_le_bytes());
+            match w.index_file.write_all_at(&buf, w.index_file_len) {
+                Ok(()) => w.index_file_len += buf.len() as u64,
+                Err(e) => tracing::warn!(log = %self.name, error = %e, "offset index write failed"),
+            }
+        }
+        if let Some(e) = time {
+            let mut buf = [0u8; crate::index::TIME_ENTRY_LEN];
+            buf[..8].copy_from_slice(&e.ts.to_le_bytes());
+            buf[8..].copy_from_slice(&e.rel.to_le_bytes());
+            match w.time_file.write_all_at(&buf, w.time_file_len) {
+                Ok(()) => w.time_file_len += buf.len() as u64,
+                Err(e) => tracing::warn!(log = %self.name, error = %e, "time index write failed"),
+            }
+        }
+        w.index.offsets.clear();
+        w.index.times.clear();
+    }
+
+    /// Makes sure the file has allocated blocks up to `need`, reserving ahead in steps.
+    pub(super) fn reserve(&self, w: &mut Writer, need: u64) -> Result<()> {
+        if need <= w.reserved {
+            return Ok(());
+        }
+        let step = (w.reserved + self.config.preallocate_bytes).min(self.config.segment_bytes);
+        let target = need.max(step);
+        faults::check(faults::Op::Allocate, &w.segment.log_path)
+            .and_then(|()| allocate(&w.file, w.reserved, target - w.reserved))
+            .map_err(|e| Error::io("fallocate", &w.segment.log_path, e))?;
+        w.reserved = target;
+        Ok(())
+    }
+
+    /// Closes the active segment and starts a new one at the end offset.
+    pub(super) fn roll(&self, w: &mut Writer) -> Result<()> {
+        let old = Arc::clone(&w.segment);
+        if let Some(e) = w.index.final_time_entry() {
+            old.push_index(None, Some(e));
+            self.write_index_entries(w, None, Some(e));
+        }
+        // Rewrite the index files whole from memory, so a failed entry write is repaired.
+        if let Some((offsets, times)) = old.active_index_bytes() {
+            w.index_file = rewrite(&old.index_path, &offsets)?;
+            w.time_file = rewrite(&old.time_path, &times)?;
+        }
+        // Release the reserved tail: no view reaches past `pos`, so no page is pulled from
+        // under a reader.
+        w.file
+            .set_len(w.pos)
+            .map_err(|e| Error::io("truncate", &old.log_path, e))?;
+        let always = self.config.durability == Durability::Always;
+        if always {
+            self.fsync(&w.file, &old.log_path)?;
+            for (f, p) in [
+                (&w.index_file, &old.index_path),
+                (&w.time_file, &old.time_path),
+            ] {
+                f.sync_all().map_err(|e| Error::io("fsync", p, e))?;
+            }
+        } else {
+            // Under `Interval` and `Never` a roll must not stall appends on the disk: the
+            // closed files are synced by the next `sync`, before the durable offset moves.
+            let mut unsynced = self.unsynced.lock();
+            unsynced.extend([
+                old.log_path.clone(),
+                old.index_path.clone(),
+                old.time_path.clone(),
+            ]);
+        }
+        let end = self.end.load(Ordering::Acquire);
+        let snapshot = Snapshot {
+            position: 0,
+            next_offset: end,
+            max_ts: i64::MIN,
+            max_rel: 0,
+            producers: w.producers.clone(),
+        };
+        let (file, index_file, time_file) = create_segment_files(&self.dir, end, &snapshot)?;
+        if always {
+            sync_dir(&self.dir)?;
+        }
+        let file = Arc::new(file);
+        let seg = Arc::new(Segment::active(
+            &self.dir,
+            end,
+            self.shared.next_id(),
+            Arc::clone(&file),
+            0,
+            end,
+            i64::MIN,
+            ActiveIndex::default(),
+        ));
+        self.segments.write().insert(end, Arc::clone(&seg));
+        old.close();
+        *self.sync_file.lock() = Arc::clone(&file);
+        if always {
+            self.durable.fetch_max(end, Ordering::AcqRel);
+        }
+        w.segment = seg;
+        w.file = file;
+        w.index_file = index_file;
+        w.time_file = time_file;
+        w.index_file_len = 0;
+        w.time_file_len = 0;
+        w.pos = 0;
+        w.reserved = 0;
+        w.snapshot_pos = 0;
+        w.index = IndexBuilder::new(self.config.index_interval_bytes);
+        Ok(())
+    }
+}

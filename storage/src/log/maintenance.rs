@@ -1,0 +1,279 @@
+//! Maintenance: retention by size and age, truncation of a suffix (for a replication layer
+//! that must drop records a new leader does not have), and `verify`, the full integrity scan.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::segment::{self, ActiveIndex, Probe, Segment};
+
+use super::{Damage, Log, Writer, rewrite, sync_dir};
+
+impl Log {
+    /// Deletes whole closed segments that retention no longer keeps: the oldest while the
+    /// log would still hold `retention_bytes` without them, and those whose newest record
+    /// is older than `retention`. Returns the number of segments deleted.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        if self.config.retention_bytes.is_none() && self.config.retention.is_none() {
+            return Ok(0);
+        }
+        let _w = self.writer.lock();
+        let segs: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        let mut remaining: u64 = segs.iter().map(|s| s.len()).sum();
+        let mut doomed = Vec::new();
+        for s in &segs[..segs.len() - 1] {
+            let by_bytes = self
+                .config
+                .retention_bytes
+                .is_some_and(|max| remaining.saturating_sub(s.len()) >= max);
+            let by_age = self.config.retention.is_some_and(|age| {
+                let newest = s.max_timestamp(&self.shared.cache);
+                newest != i64::MIN
+                    && newest
+                        < now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+            });
+            if !(by_bytes || by_age) {
+                break;
+            }
+            remaining -= s.len();
+            doomed.push(Arc::clone(s));
+        }
+        let Some(last) = doomed.last() else {
+            return Ok(0);
+        };
+        let new_start = last.end();
+        {
+            let mut map = self.segments.write();
+            for s in &doomed {
+                map.remove(&s.base);
+            }
+        }
+        self.start.store(new_start, Ordering::Release);
+        for s in &doomed {
+            self.delete_segment_files(s)?;
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(log = %self.name, segments = doomed.len(), start_offset = new_start, "retention deleted segments");
+        Ok(doomed.len())
+    }
+
+    pub(super) fn delete_segment_files(&self, s: &Segment) -> Result<()> {
+        self.shared.cache.forget(s.id);
+        for path in [
+            s.log_path.clone(),
+            s.index_path.clone(),
+            s.time_path.clone(),
+            self.dir.join(segment::file_name(s.base, "producers")),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every record at or after `offset`, which must be a batch boundary (a
+    /// follower's divergent suffix). Durable on return. Views already handed out keep
+    /// the old bytes: the cut segment is rewritten into a new file, never shrunk in place.
+    pub fn truncate(&self, offset: u64) -> Result<()> {
+        let mut w = self.writer.lock();
+        let end = self.end_offset();
+        if offset == end {
+            return Ok(());
+        }
+        if offset > end || offset < self.start_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        let mut st = self.sync.lock();
+        while st.running {
+            self.sync_done.wait(&mut st);
+        }
+        st.running = true;
+        drop(st);
+        let result = self.truncate_locked(&mut w, offset);
+        let mut st = self.sync.lock();
+        st.running = false;
+        self.sync_done.notify_all();
+        drop(st);
+        result?;
+        drop(w);
+        self.notify(offset);
+        Ok(())
+    }
+
+    pub(super) fn truncate_locked(&self, w: &mut Writer, offset: u64) -> Result<()> {
+        let seg = self
+            .segment_for(offset)
+            .ok_or_else(|| self.out_of_range(offset))?;
+        let data = seg.data(&self.shared.cache)?;
+        let s = seg.locate(&self.shared.cache, &data, offset);
+        let (mut pos, mut expected) = (s.pos, s.offset);
+        while expected < offset {
+            match segment::probe(&data, pos, expected) {
+                Probe::Batch(h) if h.next_offset() <= offset => {
+                    pos += h.total_len;
+                    expected = h.next_offset();
+                }
+                Probe::Batch(h) => {
+                    return Err(Error::NotBatchBoundary {
+                        offset,
+                        batch_start: h.base_offset,
+                        batch_end: h.next_offset(),
+                    });
+                }
+                Probe::Damaged(reason) => {
+                    return Err(Error::Corrupt {
+                        path: seg.log_path.clone(),
+                        position: pos as u64,
+                        offsets: None,
+                        reason,
+                    });
+                }
+            }
+        }
+        let later: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .range(seg.base + 1..)
+            .map(|(_, s)| Arc::clone(s))
+            .collect();
+        for s in later.iter().rev() {
+            self.segments.write().remove(&s.base);
+            s.close();
+            self.delete_segment_files(s)?;
+        }
+        // Write the kept prefix into a new file and rename it over the segment.
+        let tmp = seg.log_path.with_extension("log.truncate.tmp");
+        let kept = &data[..pos];
+        let write_tmp = || -> io::Result<File> {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all_at(kept, 0)?;
+            f.sync_all()?;
+            Ok(f)
+        };
+        let file = write_tmp().map_err(|e| Error::io("write", &tmp, e))?;
+        fs::rename(&tmp, &seg.log_path).map_err(|e| Error::io("rename", &seg.log_path, e))?;
+        sync_dir(&self.dir)?;
+        let (builder, valid) =
+            segment::scan_indexes(kept, seg.base, self.config.index_interval_bytes);
+        debug_assert_eq!(valid, pos);
+        let index_file = rewrite(&seg.index_path, &builder.offsets)?;
+        let time_file = rewrite(&seg.time_path, &builder.times)?;
+        let file = Arc::new(file);
+        let fresh = Arc::new(Segment::active(
+            &self.dir,
+            seg.base,
+            self.shared.next_id(),
+            Arc::clone(&file),
+            pos as u64,
+            offset,
+            builder.max_ts,
+            ActiveIndex {
+                offsets: builder.offsets.clone(),
+                times: builder.times.clone(),
+            },
+        ));
+        seg.close();
+        self.shared.cache.forget(seg.id);
+        self.segments.write().insert(seg.base, Arc::clone(&fresh));
+        *self.sync_file.lock() = Arc::clone(&file);
+        w.index_file_len = builder.offsets.len() as u64;
+        w.time_file_len = builder.times.len() as u64;
+        let mut index = builder;
+        index.offsets = Vec::new();
+        index.times = Vec::new();
+        w.segment = fresh;
+        w.file = file;
+        w.index_file = index_file;
+        w.time_file = time_file;
+        w.pos = pos as u64;
+        w.reserved = pos as u64;
+        w.index = index;
+        w.producers.truncate(offset);
+        // The segment's snapshot may describe the removed suffix: drop it (recovery then
+        // replays the segment's headers).
+        let snap = self.dir.join(segment::file_name(seg.base, "producers"));
+        if seg.base != offset || w.producers.is_empty() {
+            let _ = fs::remove_file(&snap);
+        }
+        w.snapshot_pos = 0;
+        self.end.store(offset, Ordering::Release);
+        let durable = self.durable_offset().min(offset);
+        self.durable.store(durable, Ordering::Release);
+        Ok(())
+    }
+
+    /// Checks every batch of every segment (CRC, lengths, offsets) and reports each damaged
+    /// range. Reads nothing into the log's state; safe while appends run.
+    pub fn verify(&self) -> Result<Vec<Damage>> {
+        let end = self.end_offset();
+        let segs: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        let mut damage = Vec::new();
+        for seg in segs {
+            let data = seg.data(&self.shared.cache)?;
+            let seg_end = seg.end().min(end);
+            let (mut pos, mut expected) = (0usize, seg.base);
+            while expected < seg_end {
+                let probe = if pos < data.len() {
+                    segment::probe(&data, pos, expected)
+                } else {
+                    Probe::Damaged("segment ends before its last offset".into())
+                };
+                match probe {
+                    Probe::Batch(h) => {
+                        pos += h.total_len;
+                        expected = h.next_offset();
+                    }
+                    Probe::Damaged(reason) => {
+                        let resume =
+                            segment::resync(&data, pos, expected.saturating_add(1), seg_end);
+                        let (rpos, rbase) =
+                            resume.map_or((data.len(), seg_end), |(p, h)| (p, h.base_offset));
+                        damage.push(Damage {
+                            segment: seg.log_path.clone(),
+                            positions: pos as u64..rpos as u64,
+                            offsets: expected..rbase,
+                            reason,
+                        });
+                        pos = rpos;
+                        expected = rbase;
+                    }
+                }
+            }
+            // Index problems matter only where the log itself is intact: a damaged log
+            // explains them, and its own damage is reported above.
+            let log_damaged = damage.iter().any(|d| d.segment == seg.log_path);
+            if !log_damaged {
+                for (path, problem) in seg.check_indexes(&self.shared.cache, &data) {
+                    damage.push(Damage {
+                        segment: path,
+                        positions: 0..0,
+                        offsets: seg.base..seg.base,
+                        reason: format!(
+                            "{problem} (indexes are derived: rebuilt from the log when next used)"
+                        ),
+                    });
+                }
+            }
+            if !seg.is_active() && data[pos.min(data.len())..].iter().any(|&b| b != 0) {
+                damage.push(Damage {
+                    segment: seg.log_path.clone(),
+                    positions: pos as u64..data.len() as u64,
+                    offsets: seg_end..seg_end,
+                    reason: "bytes after the segment's last batch".into(),
+                });
+            }
+        }
+        Ok(damage)
+    }
+}
