@@ -786,8 +786,10 @@ async fn three_members_consume_100k_records_exactly_once_when_each_commits_befor
 // Commits
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_commit_for_a_partition_revoked_by_a_rebalance_is_rejected_and_moves_no_offset() {
+/// Two partitions of ten records each; member `a` read all of them and committed 3 in
+/// each, then `b` joined and took one of them. Returns (broker, client, a, b, the partition
+/// `b` took).
+async fn half_moved_to_a_second_member() -> (Broker, Client, Member, Member, u32) {
     let broker = Broker::start();
     let mut c = broker.client().await;
     create_topic(&mut c, "t", 2, FsyncPolicy::Always).await;
@@ -798,12 +800,19 @@ async fn a_commit_for_a_partition_revoked_by_a_rebalance_is_rejected_and_moves_n
     a.commit_ok(0, 3).await;
     a.commit_ok(1, 3).await;
 
-    let mut b = Member::open(&mut c, join("g", "t")).await.unwrap();
+    let b = Member::open(&mut c, join("g", "t")).await.unwrap();
     a.wait_until("the revocation", |m| m.partitions.len() == 1)
         .await;
     let kept = *a.partitions.first().expect("one partition");
-    let revoked = 1 - kept;
-    assert_eq!(b.partitions, BTreeSet::from([revoked]));
+    let moved = 1 - kept;
+    assert_eq!(b.partitions, BTreeSet::from([moved]));
+    (broker, c, a, b, moved)
+}
+
+#[tokio::test]
+async fn a_commit_for_a_partition_revoked_by_a_rebalance_is_rejected_and_moves_no_offset() {
+    let (_broker, mut c, mut a, mut b, revoked) = half_moved_to_a_second_member().await;
+    let kept = 1 - revoked;
 
     let ack = a.commit_and_wait(revoked, 7).await;
     assert!(ack.rejected, "a stale commit was accepted: {ack:?}");
@@ -828,20 +837,8 @@ async fn a_commit_for_a_partition_revoked_by_a_rebalance_is_rejected_and_moves_n
 
 #[tokio::test]
 async fn a_commit_from_an_earlier_assignment_cannot_move_the_offset_back() {
-    let broker = Broker::start();
-    let mut c = broker.client().await;
-    create_topic(&mut c, "t", 2, FsyncPolicy::Always).await;
-    fill(&mut c, "t", 2, 0..10).await;
-
-    // a reads everything, but has committed little when half of it moves to b.
-    let mut a = Member::open(&mut c, join("g", "t")).await.unwrap();
-    a.wait_caught_up(10).await;
-    a.commit_ok(0, 3).await;
-    a.commit_ok(1, 3).await;
-    let mut b = Member::open(&mut c, join("g", "t")).await.unwrap();
-    a.wait_until("the revocation", |m| m.partitions.len() == 1)
-        .await;
-    let moved = *b.partitions.first().expect("b owns one partition");
+    // a read everything, but had committed little when half of it moved to b.
+    let (_broker, mut c, mut a, mut b, moved) = half_moved_to_a_second_member().await;
     // b processes the moved partition and commits further than a ever did.
     b.wait_caught_up(10).await;
     b.commit_ok(moved, 8).await;
