@@ -390,6 +390,11 @@ async fn batch_calls_larger_than_the_buffer_resolve_in_call_order_and_store_once
     let positions = read_stored(&client, "batches").await;
     check_deliveries(&results, &positions);
     assert_exactly(&positions, CALLS * PER_CALL);
+    let none = producer
+        .enqueue_batch(Vec::new())
+        .await
+        .expect("an empty call is fine");
+    assert!(none.await.expect("answered at once").is_empty());
     producer.close().await.expect("closing the producer");
 }
 

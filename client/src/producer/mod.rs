@@ -140,6 +140,10 @@ enum Cmd {
 ///     // enqueue() returns once the record is buffered; await the result later or flush.
 ///     let _pending = producer.enqueue(ProducerRecord::new(format!("order {i}"))).await?;
 /// }
+/// // Cheapest: many records per call, one answer for all of them.
+/// let batch = (0..1000).map(|i| ProducerRecord::new(format!("event {i}")));
+/// let deliveries = producer.enqueue_batch(batch).await?.await?;
+/// assert_eq!(deliveries.len(), 1000);
 /// producer.close().await?;
 /// # Ok(()) }
 /// ```
@@ -162,7 +166,11 @@ impl Producer {
         }
         let info = client.describe_topic(topic).await?;
         let partitions = info.partitions.max(1);
-        let capacity = options.buffer_records.min(Semaphore::MAX_PERMITS);
+        // Room is taken in u32-sized steps (tokio's acquire_many).
+        let capacity = options
+            .buffer_records
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
         let room = Arc::new(Semaphore::new(capacity));
         let (tx, rx) = mpsc::unbounded_channel();
         let actor = Actor::new(
@@ -237,6 +245,9 @@ impl Producer {
     ) -> Result<PendingBatch> {
         let mut records: Vec<ProducerRecord> = records.into_iter().collect();
         records.iter().try_for_each(|r| self.check_partition(r))?;
+        if records.is_empty() {
+            return Ok(PendingBatch::ready(Ok(Vec::new())));
+        }
         let (slots, pending) = Slots::new(records.len());
         let mut first = 0;
         while !records.is_empty() {
@@ -268,7 +279,7 @@ impl Producer {
 
     /// Takes room for `n` records; the producer's task gives it back as they are answered.
     async fn reserve(&self, n: usize) -> Result<()> {
-        let permits = u32::try_from(n).map_err(|_| Error::Closed)?;
+        let permits = u32::try_from(n).expect("n is at most capacity, which fits a u32");
         self.room
             .acquire_many(permits)
             .await
