@@ -2,9 +2,10 @@
 # Runs the Python interop test against a built spoold.
 #
 # Creates a virtual environment under target/interop-python-venv (reused between runs),
-# installs requirements.txt from PyPI, and runs test_interop.py and test_groups.py, which generates the
-# Python stubs from proto/spool/v1/spool.proto with grpcio-tools into a temporary
-# directory. Builds nothing: build spoold first (`cargo build -p spool-broker`).
+# installs requirements.txt from PyPI, and runs test_interop.py, test_groups.py and test_tls.py,
+# which generate the Python stubs from proto/spool/v1/spool.proto with grpcio-tools into a
+# temporary directory (support.py holds what they share). Builds nothing: build spoold
+# first (`cargo build -p spool-broker`).
 #
 # Environment:
 #   SPOOL_BIN   the spoold binary (default: target/debug/spoold)

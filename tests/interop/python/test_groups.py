@@ -11,23 +11,14 @@ target/debug/spoold (built with cargo if missing).
 Run: python -m pytest -q tests/interop/python/test_groups.py
 """
 
-import os
 import queue
-import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
-from grpc_tools import protoc
-
-ROOT = Path(__file__).resolve().parents[3]
-PROTO_DIR = ROOT / "proto"
-PATIENCE = 60.0  # seconds any single wait may take; generous for loaded debug builds
+from support import PATIENCE, Spoold, generate_stubs
 
 TOPIC = "interop-groups"
 GROUP = "py-group"
@@ -39,85 +30,18 @@ AFTER = 50  # and after both hold their share
 @pytest.fixture(scope="module")
 def pb():
     """The generated modules: (spool_pb2, spool_pb2_grpc)."""
-    out = tempfile.mkdtemp(prefix="spool-stubs-")
-    rc = protoc.main(
-        [
-            "grpc_tools.protoc",
-            f"-I{PROTO_DIR}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(PROTO_DIR / "spool" / "v1" / "spool.proto"),
-        ]
-    )
-    assert rc == 0, "protoc failed"
-    sys.path.insert(0, out)
-    from spool.v1 import spool_pb2, spool_pb2_grpc  # noqa: E402
-
-    return spool_pb2, spool_pb2_grpc
-
-
-def spoold_binary():
-    explicit = os.environ.get("SPOOLD")
-    if explicit:
-        return explicit
-    path = ROOT / "target" / "debug" / "spoold"
-    if not path.exists():
-        subprocess.run(
-            ["cargo", "build", "-p", "spool-broker", "--bin", "spoold"],
-            cwd=ROOT,
-            check=True,
-        )
-    return str(path)
+    return generate_stubs()
 
 
 @pytest.fixture
 def broker():
     """A running spoold; yields its gRPC address."""
     data = tempfile.TemporaryDirectory(prefix="spool-py-")
-    proc = subprocess.Popen(
-        [
-            spoold_binary(),
-            "--data-dir",
-            data.name,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "SPOOL_LOG": "info"},
-        text=True,
-    )
-    found = queue.Queue()
-    log = []
-
-    def drain():
-        # Keep reading stderr so the pipe never fills and blocks the broker.
-        for line in proc.stderr:
-            log.append(line)
-            m = re.search(r"grpc=(\S+)", line)
-            if m and "serving" in line:
-                found.put(m.group(1))
-        found.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
+    spoold = Spoold(["--data-dir", data.name])
     try:
-        addr = found.get(timeout=PATIENCE)
-    except queue.Empty:
-        addr = None
-    if addr is None:
-        proc.kill()
-        raise RuntimeError("spoold never logged `serving`:\n" + "".join(log))
-    try:
-        yield addr
+        yield spoold.start()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=PATIENCE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        spoold.close()
         data.cleanup()
 
 

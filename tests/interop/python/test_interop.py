@@ -12,47 +12,17 @@ Environment: SPOOL_BIN, the spoold binary (default target/debug/spoold, relative
 the repository root). Run it through run.sh, which sets up a virtual environment.
 """
 
-import importlib
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 
 import grpc
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-PROTO_ROOT = os.path.join(ROOT, "proto")
-PROTO_FILE = os.path.join(PROTO_ROOT, "spool", "v1", "spool.proto")
-SPOOL_BIN = os.path.join(ROOT, os.environ.get("SPOOL_BIN", "target/debug/spoold"))
-
-# Generous: a loaded machine running a debug build can be slow. Nothing asserts on timing.
-PATIENCE_S = 60
-
-
-def generate_stubs(out_dir):
-    """Generates spool/v1/spool_pb2.py and spool_pb2_grpc.py into out_dir and imports them."""
-    from grpc_tools import protoc
-
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        PROTO_FILE,
-    ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
-    sys.path.insert(0, out_dir)
-    pb2 = importlib.import_module("spool.v1.spool_pb2")
-    pb2_grpc = importlib.import_module("spool.v1.spool_pb2_grpc")
-    return pb2, pb2_grpc
-
+from support import PATIENCE as PATIENCE_S
+from support import Spoold, generate_stubs, spoold_binary
 
 STUB_DIR = tempfile.mkdtemp(prefix="spool-py-stubs-")
 pb, pb_grpc = generate_stubs(STUB_DIR)
@@ -75,46 +45,17 @@ class Broker:
     """A spoold process on an ephemeral port with a data directory that outlives restarts."""
 
     def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.proc = None
-        self.addr = None
+        self.spoold = Spoold(["--data-dir", data_dir])
         self.channel = None
         self.stub = None
-        self.log = []
+
+    @property
+    def log(self):
+        return self.spoold.log
 
     def start(self):
-        self.proc = subprocess.Popen(
-            [
-                SPOOL_BIN,
-                "--data-dir", self.data_dir,
-                "--listen", "127.0.0.1:0",
-                "--metrics-listen", "127.0.0.1:0",
-            ],
-            env={**os.environ, "SPOOL_LOG": "info"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        serving = threading.Event()
-        found = {}
-
-        def drain(stream):
-            # Keeps reading stderr so the pipe never fills and blocks the broker.
-            for line in stream:
-                self.log.append(line.rstrip("\n"))
-                m = re.search(r"\bserving\b.*\bgrpc=(\S+)", line)
-                if m and not serving.is_set():
-                    found["grpc"] = m.group(1)
-                    serving.set()
-            serving.set()  # the process ended
-
-        threading.Thread(target=drain, args=(self.proc.stderr,), daemon=True).start()
-        if not serving.wait(PATIENCE_S) or "grpc" not in found:
-            self.proc.kill()
-            raise AssertionError("spoold never logged `serving`:\n" + "\n".join(self.log))
-        self.addr = found["grpc"]
-        self.channel = grpc.insecure_channel(self.addr)
+        addr = self.spoold.start()
+        self.channel = grpc.insecure_channel(addr)
         grpc.channel_ready_future(self.channel).result(timeout=PATIENCE_S)
         self.stub = pb_grpc.BrokerStub(self.channel)
         return self
@@ -122,10 +63,7 @@ class Broker:
     def stop(self):
         """SIGTERM, and the broker must exit 0."""
         self.channel.close()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=PATIENCE_S)
-        assert code == 0, f"spoold exited {code} after SIGTERM:\n" + "\n".join(self.log)
-        self.proc = None
+        self.spoold.stop()
 
     def restart(self):
         self.stop()
@@ -134,9 +72,7 @@ class Broker:
     def close(self):
         if self.channel is not None:
             self.channel.close()
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
+        self.spoold.close()
 
 
 def expect_code(code, fn, *args, **kwargs):
@@ -338,8 +274,9 @@ TESTS = [
 
 
 def main():
-    if not os.access(SPOOL_BIN, os.X_OK):
-        print(f"spoold not found at {SPOOL_BIN}: build it or set SPOOL_BIN", file=sys.stderr)
+    spoold = spoold_binary()
+    if not os.access(spoold, os.X_OK):
+        print(f"spoold not found at {spoold}: build it or set SPOOL_BIN", file=sys.stderr)
         return 2
     failed = 0
     for test in TESTS:

@@ -19,13 +19,9 @@ Run: python -m pytest -q tests/interop/python/test_tls.py
 
 import datetime
 import ipaddress
-import os
-import queue
 import re
 import subprocess
-import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import grpc
@@ -34,11 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from grpc_tools import protoc
-
-ROOT = Path(__file__).resolve().parents[3]
-PROTO_DIR = ROOT / "proto"
-PATIENCE = 60.0  # seconds any single wait may take; generous for loaded debug builds
+from support import PATIENCE, Spoold, generate_stubs, spoold_binary
 
 TOKEN = "py-interop-token-3f9c2a"  # what the client sends; the broker only has its hash
 PRINCIPAL = "py"
@@ -48,35 +40,7 @@ UNAUTHENTICATED = "missing or invalid credentials"
 @pytest.fixture(scope="module")
 def pb():
     """The generated modules: (spool_pb2, spool_pb2_grpc)."""
-    out = tempfile.mkdtemp(prefix="spool-stubs-")
-    rc = protoc.main(
-        [
-            "grpc_tools.protoc",
-            f"-I{PROTO_DIR}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            str(PROTO_DIR / "spool" / "v1" / "spool.proto"),
-        ]
-    )
-    assert rc == 0, "protoc failed"
-    sys.path.insert(0, out)
-    from spool.v1 import spool_pb2, spool_pb2_grpc  # noqa: E402
-
-    return spool_pb2, spool_pb2_grpc
-
-
-def spoold_binary():
-    explicit = os.environ.get("SPOOLD")
-    if explicit:
-        return explicit
-    path = ROOT / "target" / "debug" / "spoold"
-    if not path.exists():
-        subprocess.run(
-            ["cargo", "build", "-p", "spool-broker", "--bin", "spoold"],
-            cwd=ROOT,
-            check=True,
-        )
-    return str(path)
+    return generate_stubs()
 
 
 def _name(cn):
@@ -186,56 +150,23 @@ resource = "topic:py-*"
 operations = ["create", "describe", "append", "read"]
 """
     )
-    proc = subprocess.Popen(
+    server = Spoold(
         [
-            spoold,
             "--config",
             str(config),
             "--data-dir",
             str(base / "data"),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
             "--tls-cert",
             str(base / "server.pem"),
             "--tls-key",
             str(base / "server.key"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "SPOOL_LOG": "info"},
-        text=True,
+        ]
     )
-    found = queue.Queue()
-    log = []
-
-    def drain():
-        # Keep reading stderr so the pipe never fills and blocks the broker.
-        for line in proc.stderr:
-            log.append(line)
-            m = re.search(r"grpc=(\S+)", line)
-            if m and "serving" in line:
-                found.put(m.group(1))
-        found.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
     try:
-        addr = found.get(timeout=PATIENCE)
-    except queue.Empty:
-        addr = None
-    if addr is None:
-        proc.kill()
-        raise RuntimeError("spoold never logged `serving`:\n" + "".join(log))
-    try:
+        addr = server.start()
         yield int(addr.rsplit(":", 1)[1]), (base / "ca.pem").read_bytes()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=PATIENCE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.close()
         work.cleanup()
 
 
