@@ -866,6 +866,36 @@ async fn a_commit_from_an_earlier_assignment_cannot_move_the_offset_back() {
 }
 
 #[tokio::test]
+async fn every_commit_is_answered_even_when_a_later_one_overtakes_it_in_the_queue() {
+    let broker = Broker::start();
+    let mut c = broker.client().await;
+    create_topic(&mut c, "t", 1, FsyncPolicy::Always).await;
+    fill(&mut c, "t", 1, 0..100).await;
+    let mut m = Member::open(&mut c, join("g", "t")).await.unwrap();
+    m.wait_caught_up(100).await;
+    // Sent back to back without waiting: while the first is being written, the rest queue
+    // and are written as one (the latest offset); each request still gets its answer.
+    let offsets = [10, 20, 30, 40, 50];
+    let seen = m.acks.len();
+    for o in offsets {
+        m.commit(0, o).await;
+    }
+    m.wait_until("an answer to every commit", |m| {
+        m.acks.len() - seen >= offsets.len()
+    })
+    .await;
+    let mut answered: Vec<u64> = m.acks[seen..].iter().map(|a| a.offset).collect();
+    assert!(
+        m.acks[seen..].iter().all(|a| !a.rejected),
+        "{:?}",
+        &m.acks[seen..]
+    );
+    answered.sort_unstable();
+    assert_eq!(answered, offsets);
+    assert_eq!(committed(&mut c, "g", "t").await, [Some(50)]);
+}
+
+#[tokio::test]
 async fn an_ack_with_auto_commit_commits_the_acknowledged_batches() {
     let broker = Broker::start();
     let mut c = broker.client().await;

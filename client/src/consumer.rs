@@ -367,18 +367,28 @@ impl GroupConsumer {
         self.state.clone()
     }
 
-    /// Commits `offset` (the next offset to read) for a partition this member owns, and
-    /// waits until it is durable. Refused if the partition moved to another member.
-    pub async fn commit(&self, partition: u32, offset: u64) -> Result<()> {
+    /// Commits `offset` (the next offset to read) for a partition this member owns; the
+    /// returned future resolves once it is durable. Refused if the partition moved to
+    /// another member.
+    ///
+    /// The commit is on its way when this returns, before the future is polled: a caller
+    /// may keep consuming while commits complete (they apply in the order made), which
+    /// keeps the broker's in-flight credit from running out.
+    pub fn commit(
+        &self,
+        partition: u32,
+        offset: u64,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.ctl
-            .send(Ctl::Commit {
-                partition,
-                offset,
-                reply,
-            })
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let sent = self.ctl.send(Ctl::Commit {
+            partition,
+            offset,
+            reply,
+        });
+        async move {
+            sent.map_err(|_| Error::Closed)?;
+            rx.await.map_err(|_| Error::Closed)?
+        }
     }
 
     /// The member id, generation and partitions of the latest assignment.

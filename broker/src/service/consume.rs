@@ -123,9 +123,30 @@ enum Event {
         token: u64,
     },
     Committed {
+        /// The offsets written: the latest queued commit of each partition.
         commits: Vec<(u32, u64)>,
+        /// Every commit request this write answers, in the order they came (a partition's
+        /// earlier commits, superseded by its latest before the write, included).
+        answers: Vec<(u32, u64)>,
         result: Result<()>,
     },
+}
+
+/// A partition's commit waiting for the next write: the latest offset requested, and the
+/// earlier requests it superseded (each still gets its own answer).
+struct QueuedCommit {
+    offset: u64,
+    superseded: Vec<u64>,
+}
+
+impl QueuedCommit {
+    /// Every request it stands for, oldest first.
+    fn requests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.superseded
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.offset))
+    }
 }
 
 struct Session {
@@ -152,7 +173,7 @@ struct Session {
     /// (sequence number, partition, end offset) of delivered batches, for `Ack`.
     delivered: VecDeque<(u64, u32, u64)>,
     batches_sent: u64,
-    commit_queue: BTreeMap<u32, u64>,
+    commit_queue: BTreeMap<u32, QueuedCommit>,
     committing: Option<BTreeSet<u32>>,
     /// Revoked partitions waiting for an in-flight commit before their release.
     release_after_commit: Vec<u32>,
@@ -384,12 +405,14 @@ impl Session {
                     .collect();
                 for p in &revoked {
                     self.parts.remove(p);
-                    if let Some(off) = self.commit_queue.remove(p) {
-                        self.outq.push_back(reject(
-                            *p,
-                            off,
-                            "the partition was revoked before the commit was applied",
-                        ));
+                    if let Some(queued) = self.commit_queue.remove(p) {
+                        for off in queued.requests() {
+                            self.outq.push_back(reject(
+                                *p,
+                                off,
+                                "the partition was revoked before the commit was applied",
+                            ));
+                        }
                     }
                 }
                 self.outq.retain(|m| match &m.kind {
@@ -527,7 +550,21 @@ impl Session {
             ));
             return;
         }
-        self.commit_queue.insert(partition, offset);
+        match self.commit_queue.get_mut(&partition) {
+            Some(queued) => {
+                let earlier = std::mem::replace(&mut queued.offset, offset);
+                queued.superseded.push(earlier);
+            }
+            None => {
+                self.commit_queue.insert(
+                    partition,
+                    QueuedCommit {
+                        offset,
+                        superseded: Vec::new(),
+                    },
+                );
+            }
+        }
         self.start_commit();
     }
 
@@ -536,7 +573,12 @@ impl Session {
         if self.committing.is_some() || self.commit_queue.is_empty() {
             return;
         }
-        let commits: Vec<(u32, u64)> = std::mem::take(&mut self.commit_queue).into_iter().collect();
+        let queue = std::mem::take(&mut self.commit_queue);
+        let commits: Vec<(u32, u64)> = queue.iter().map(|(p, q)| (*p, q.offset)).collect();
+        let answers: Vec<(u32, u64)> = queue
+            .iter()
+            .flat_map(|(p, q)| q.requests().map(move |o| (*p, o)))
+            .collect();
         self.committing = Some(commits.iter().map(|(p, _)| *p).collect());
         let inner = Arc::clone(&self.inner);
         let group = self.group.clone();
@@ -550,7 +592,11 @@ impl Session {
                 .await
                 .map_err(Error::from)
                 .and_then(|r| r);
-                Event::Committed { commits, result }
+                Event::Committed {
+                    commits,
+                    answers,
+                    result,
+                }
             }
             .boxed(),
         );
@@ -631,7 +677,11 @@ impl Session {
                     part.state = PartState::Idle;
                 }
             }
-            Event::Committed { commits, result } => {
+            Event::Committed {
+                commits,
+                answers,
+                result,
+            } => {
                 self.committing = None;
                 result?;
                 for (p, offset) in commits {
@@ -649,9 +699,11 @@ impl Session {
                             }
                         }
                     }
+                }
+                for (partition, offset) in answers {
                     self.outq.push_back(ConsumeResponse {
                         kind: Some(Resp::CommitAck(CommitAck {
-                            partition: p,
+                            partition,
                             offset,
                             rejected: false,
                             reason: String::new(),

@@ -4,7 +4,8 @@
 //! topic had when it started (described first), or after `-n` records. A group member
 //! commits exactly what it printed: after each flush of stdout, the offset after the last
 //! printed record of each partition, so `-n N` commits N records and a broken pipe commits
-//! only what reached the pipe.
+//! only what reached the pipe. While records keep coming those commits are not waited for
+//! (they apply in order); at a pause and at the end every commit is waited for.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use spool_client::v1::{ReadRequest, TopicInfo};
 use spool_client::{
@@ -330,6 +333,7 @@ async fn consume_group(
         committed: BTreeMap::new(),
         last_check: None,
         owned_nothing: false,
+        sending: FuturesUnordered::new(),
     };
     let result = member.run(args, printer).await;
     // Commit what reached stdout, also when printing failed (e.g. a closed pipe).
@@ -359,6 +363,8 @@ struct GroupMember<'a> {
     last_check: Option<Instant>,
     /// Set when the caught-up check found this member owning nothing.
     owned_nothing: bool,
+    /// Commits sent and not yet answered: (partition, offset, outcome).
+    sending: FuturesUnordered<BoxFuture<'static, (u32, u64, spool_client::Result<()>)>>,
 }
 
 impl GroupMember<'_> {
@@ -373,9 +379,13 @@ impl GroupMember<'_> {
             let item = match self.consumer.next().now_or_never() {
                 Some(item) => item,
                 None => {
-                    // A pause: show what was printed at once; if nothing follows soon,
-                    // commit it and see whether the group has caught up.
+                    // A pause: show what was printed at once and commit it without waiting
+                    // (the broker's credit for this member refills as commits land); if
+                    // nothing follows soon, wait for the commits and see whether the group
+                    // has caught up.
                     printer.flush()?;
+                    self.commit_in_background(printer);
+                    self.reap(false).await?;
                     match tokio::time::timeout(SETTLE, self.consumer.next()).await {
                         Ok(item) => item,
                         Err(_) => {
@@ -394,7 +404,8 @@ impl GroupMember<'_> {
             let reached_end = self.ends.get(&m.partition) == Some(&(m.offset + 1));
             if printer.unflushed >= FLUSH_EVERY {
                 printer.flush()?;
-                self.commit(printer).await?;
+                self.commit_in_background(printer);
+                self.reap(false).await?;
             }
             if !args.follow && (reached_end || self.check_due()) && self.caught_up(printer).await? {
                 return Ok(());
@@ -472,8 +483,57 @@ impl GroupMember<'_> {
         Ok(true)
     }
 
-    /// Commits, per partition, the offset after the last record flushed to stdout.
+    /// Sends, per partition, the offset after the last record flushed to stdout, without
+    /// waiting for it: printing goes on while the commits become durable, and the broker's
+    /// in-flight credit is replenished as they do.
+    fn commit_in_background(&mut self, printer: &Printer) {
+        for (&p, &offset) in &printer.flushed {
+            if self.committed.get(&p) == Some(&offset) {
+                continue;
+            }
+            let done = self.consumer.commit(p, offset);
+            self.sending
+                .push(async move { (p, offset, done.await) }.boxed());
+            self.committed.insert(p, offset);
+        }
+    }
+
+    /// Takes the answers of background commits: waits for all of them (`all`) or only
+    /// looks at those already in. A retriable failure leaves the partition to the next
+    /// waited-for commit.
+    async fn reap(&mut self, all: bool) -> anyhow::Result<()> {
+        loop {
+            let next = if all {
+                self.sending.next().await
+            } else {
+                match self.sending.next().now_or_never() {
+                    Some(next) => next,
+                    None => return Ok(()),
+                }
+            };
+            let Some((p, offset, result)) = next else {
+                return Ok(());
+            };
+            match result {
+                Ok(()) => {}
+                Err(e @ Error::CommitRejected { .. }) => eprintln!("spool: warning: {e}"),
+                Err(e) if e.is_retriable() => {
+                    self.committed.remove(&p);
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot commit offset {offset} of partition {p} for group {}",
+                        self.group
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Commits, per partition, the offset after the last record flushed to stdout, and
+    /// waits until every commit made so far is durable (retrying retriable failures).
     async fn commit(&mut self, printer: &Printer) -> anyhow::Result<()> {
+        self.reap(true).await?;
         for (&p, &offset) in &printer.flushed {
             if self.committed.get(&p) == Some(&offset) {
                 continue;
