@@ -293,16 +293,7 @@ async fn a_member_committing_inside_a_batch_gets_more_records() {
         .create_topic("work", 1, TopicConfig::default())
         .await
         .expect("creating the topic");
-    let producer = Producer::new(&client, "work", ProducerOptions::default())
-        .await
-        .expect("starting the producer");
-    for i in 0..N {
-        producer
-            .enqueue(ProducerRecord::new(value(i)))
-            .await
-            .expect("enqueueing");
-    }
-    producer.flush().await.expect("flushing");
+    fill(&client, "work", N, value).await;
     let mut member = GroupConsumer::new(
         &client,
         "g",

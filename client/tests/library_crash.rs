@@ -6,13 +6,10 @@
 
 mod library_support;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use library_support::*;
 use spool_client::v1::TopicConfig;
-use spool_client::{Producer, ProducerOptions, ProducerRecord};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn producing_through_spoold_kills_keeps_every_acknowledged_record_once() {
@@ -29,26 +26,7 @@ async fn producing_through_spoold_kills_keeps_every_acknowledged_record_once() {
         .create_topic("t", 3, TopicConfig::default())
         .await
         .expect("creating the topic");
-    let producer = Arc::new(
-        Producer::new(
-            &client,
-            "t",
-            ProducerOptions {
-                batch_records: 200,
-                buffer_records: 2_000,
-                ..ProducerOptions::default()
-            },
-        )
-        .await
-        .expect("starting the producer"),
-    );
-    let enqueued = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(produce(
-        Arc::clone(&producer),
-        N,
-        |i| ProducerRecord::new(value(i)),
-        Arc::clone(&enqueued),
-    ));
+    let (_producer, enqueued, task) = start_producing(&client, "t", N).await;
     let mut mid_production = 0;
     for k in 1..=5 {
         wait_for(&enqueued, k * N / 6, &task).await;

@@ -5,17 +5,12 @@
 mod library_support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use library_support::*;
 use spool_broker::testing::TempBroker;
 use spool_client::v1::TopicConfig;
-use spool_client::{
-    Client, GroupConsumer, GroupOptions, Producer, ProducerOptions, ProducerRecord, Reader,
-    ReaderOptions,
-};
+use spool_client::{Client, GroupConsumer, GroupOptions, Reader, ReaderOptions};
 
 /// A broker, a proxy in front of it, a client through the proxy and one straight to the
 /// broker (for setting up and checking).
@@ -46,43 +41,11 @@ async fn blip(proxy: &Proxy, k: usize) {
     }
 }
 
-async fn fill(client: &Client, topic: &str, n: usize, make: impl Fn(usize) -> String) {
-    let producer = Producer::new(client, topic, ProducerOptions::default())
-        .await
-        .expect("starting the producer");
-    for i in 0..n {
-        producer
-            .enqueue(ProducerRecord::new(make(i)))
-            .await
-            .expect("enqueueing");
-    }
-    producer.flush().await.expect("flushing");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn producing_through_dropped_connections_stores_every_record_once() {
     const N: usize = 30_000;
     let (_broker, proxy, proxied, direct) = setup("t", 3).await;
-    let producer = Arc::new(
-        Producer::new(
-            &proxied,
-            "t",
-            ProducerOptions {
-                batch_records: 200,
-                buffer_records: 2_000,
-                ..ProducerOptions::default()
-            },
-        )
-        .await
-        .expect("starting the producer"),
-    );
-    let enqueued = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(produce(
-        Arc::clone(&producer),
-        N,
-        |i| ProducerRecord::new(value(i)),
-        Arc::clone(&enqueued),
-    ));
+    let (_producer, enqueued, task) = start_producing(&proxied, "t", N).await;
     let mut mid_production = 0;
     for k in 1..=5 {
         wait_for(&enqueued, k * N / 6, &task).await;

@@ -5,7 +5,7 @@
 mod library_support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use library_support::*;
@@ -13,16 +13,6 @@ use spool_client::v1::TopicConfig;
 use spool_client::{
     GroupConsumer, GroupOptions, Producer, ProducerOptions, ProducerRecord, Reader, ReaderOptions,
 };
-
-/// Records only after `buffer_records` are acknowledged can be enqueued, so the progress
-/// counter tracks the broker and restarts land in the middle of production.
-fn paced() -> ProducerOptions {
-    ProducerOptions {
-        batch_records: 200,
-        buffer_records: 2_000,
-        ..ProducerOptions::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn producing_through_graceful_broker_restarts_stores_every_record_once() {
@@ -33,18 +23,7 @@ async fn producing_through_graceful_broker_restarts_stores_every_record_once() {
         .create_topic("t", 3, TopicConfig::default())
         .await
         .expect("creating the topic");
-    let producer = Arc::new(
-        Producer::new(&client, "t", paced())
-            .await
-            .expect("starting the producer"),
-    );
-    let enqueued = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(produce(
-        Arc::clone(&producer),
-        N,
-        |i| ProducerRecord::new(value(i)),
-        Arc::clone(&enqueued),
-    ));
+    let (_producer, enqueued, task) = start_producing(&client, "t", N).await;
     let mut mid_production = 0;
     for k in 1..=3 {
         wait_for(&enqueued, k * N / 4, &task).await;
@@ -139,16 +118,7 @@ async fn a_group_member_resumes_from_its_commits_after_broker_restarts() {
         .create_topic("jobs", 3, TopicConfig::default())
         .await
         .expect("creating the topic");
-    let producer = Producer::new(&client, "jobs", ProducerOptions::default())
-        .await
-        .expect("starting the producer");
-    for i in 0..N {
-        producer
-            .enqueue(ProducerRecord::new(value(i)))
-            .await
-            .expect("enqueueing");
-    }
-    producer.flush().await.expect("flushing");
+    fill(&client, "jobs", N, value).await;
 
     // A credit well below N keeps the broker close behind the commits, so each restart
     // lands in the middle of the partitions. (It stays above three whole batches of 1,000:

@@ -881,14 +881,10 @@ async fn wrong_missing_and_expired_credentials_are_one_unauthenticated() {
 // TLS and mutual TLS
 // ---------------------------------------------------------------------------------------
 
-/// With `mtls_identity`, a client certificate signed by the client CA authenticates as its
-/// subject CN and that principal's ACL applies; without a certificate or token the call is
-/// UNAUTHENTICATED; a bearer token, when sent, decides alone (even beside a valid
-/// certificate); expired and untrusted certificates never get a connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_identity_is_the_certificate_cn_and_bad_certificates_are_refused() {
-    let pki = Pki::new();
-    let broker = TempBroker::start_with(|cfg| {
+/// A broker with TLS that accepts client certificates as identities (`mtls_identity`), an
+/// `admin` token with every right, and `alice` allowed to create and describe `alice-*`.
+async fn mtls_broker_with_alice(pki: &Pki) -> TempBroker {
+    TempBroker::start_with(|cfg| {
         cfg.tls = pki.server_tls(true, false);
         cfg.topic_defaults.fsync = "never".into();
         let mut acl = superuser("admin");
@@ -903,7 +899,17 @@ async fn mtls_identity_is_the_certificate_cn_and_bad_certificates_are_refused() 
             mtls_identity: true,
         };
     })
-    .await;
+    .await
+}
+
+/// With `mtls_identity`, a client certificate signed by the client CA authenticates as its
+/// subject CN and that principal's ACL applies; without a certificate or token the call is
+/// UNAUTHENTICATED; a bearer token, when sent, decides alone (even beside a valid
+/// certificate); expired and untrusted certificates never get a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_identity_is_the_certificate_cn_and_bad_certificates_are_refused() {
+    let pki = Pki::new();
+    let broker = mtls_broker_with_alice(&pki).await;
     let admin = client(&pki, &broker, Some("admin")).await;
     admin
         .create_topic("payments", 1, TopicConfig::default())
@@ -1170,22 +1176,7 @@ async fn spool(server: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_speaks_tls_with_tokens_and_client_certificates() {
     let pki = Pki::new();
-    let broker = TempBroker::start_with(|cfg| {
-        cfg.tls = pki.server_tls(true, false);
-        cfg.topic_defaults.fsync = "never".into();
-        let mut acl = superuser("admin");
-        acl.push(rule(
-            "alice",
-            "topic:alice-*",
-            &[Operation::Create, Operation::Describe],
-        ));
-        cfg.auth = AuthConfig {
-            tokens: vec![token("admin")],
-            acl,
-            mtls_identity: true,
-        };
-    })
-    .await;
+    let broker = mtls_broker_with_alice(&pki).await;
     let server = https(&broker);
     let ca = pki.path("ca.pem").display().to_string();
     let admin = token_of("admin");

@@ -22,6 +22,8 @@ const MAX_IN_FLIGHT_PER_PARTITION: usize = 5;
 #[derive(Default)]
 struct Accumulator {
     records: VecDeque<Record>,
+    /// Each record's payload size, measured once when it is queued.
+    sizes: VecDeque<usize>,
     replies: Replies,
     bytes: usize,
     since: Option<Instant>,
@@ -209,7 +211,9 @@ impl Actor {
             offset: 0,
         };
         let acc = &mut self.acc[p];
-        acc.bytes += r.payload_len();
+        let size = r.payload_len();
+        acc.bytes += size;
+        acc.sizes.push_back(size);
         acc.since.get_or_insert_with(Instant::now);
         acc.records.push_back(r);
         self.buffered += 1;
@@ -256,8 +260,7 @@ impl Actor {
             let acc = &mut self.acc[p];
             let mut n = 0;
             let mut bytes = 0;
-            for r in &acc.records {
-                let size = r.payload_len();
+            for &size in &acc.sizes {
                 if n > 0
                     && (n >= self.options.batch_records || bytes + size > self.options.batch_bytes)
                 {
@@ -267,6 +270,7 @@ impl Actor {
                 bytes += size;
             }
             let records: Vec<Record> = acc.records.drain(..n).collect();
+            acc.sizes.drain(..n);
             let replies = acc.replies.take_front(n);
             acc.bytes -= bytes;
             acc.since = (!acc.records.is_empty()).then_some(now);
@@ -361,6 +365,7 @@ impl Actor {
         for a in &mut self.acc {
             answered += a.records.len();
             a.records.clear();
+            a.sizes.clear();
             a.replies.drain().for_each(|r| r.fail(&e));
             a.bytes = 0;
             a.since = None;

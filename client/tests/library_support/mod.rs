@@ -20,8 +20,8 @@ use futures::StreamExt;
 use spool_broker::BrokerConfig;
 use spool_broker::server::{self, Running};
 use spool_client::{
-    Client, Delivery, Error, Message, PendingDelivery, Producer, ProducerRecord, Reader,
-    ReaderOptions, Start,
+    Client, Delivery, Error, Message, PendingDelivery, Producer, ProducerOptions, ProducerRecord,
+    Reader, ReaderOptions, Start,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -385,6 +385,57 @@ pub async fn produce(
         out.push(p.await);
     }
     out
+}
+
+/// Stores records `0..n` (values from `make`) on `topic` and waits until every one is
+/// acknowledged.
+pub async fn fill(client: &Client, topic: &str, n: usize, make: impl Fn(usize) -> String) {
+    let producer = Producer::new(client, topic, ProducerOptions::default())
+        .await
+        .expect("starting the producer");
+    for i in 0..n {
+        producer
+            .enqueue(ProducerRecord::new(make(i)))
+            .await
+            .expect("enqueueing");
+    }
+    producer.flush().await.expect("flushing");
+}
+
+/// Records only after `buffer_records` are acknowledged can be enqueued, so the progress
+/// counter tracks the broker and disruptions land in the middle of production.
+pub fn paced() -> ProducerOptions {
+    ProducerOptions {
+        batch_records: 200,
+        buffer_records: 2_000,
+        ..ProducerOptions::default()
+    }
+}
+
+/// A [`paced`] producer on `topic` sending `value(0..n)` from a task: the producer, the
+/// count of records enqueued so far, and the task (every record's outcome, in order).
+pub async fn start_producing(
+    client: &Client,
+    topic: &str,
+    n: usize,
+) -> (
+    Arc<Producer>,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<Vec<Result<Delivery, Error>>>,
+) {
+    let producer = Arc::new(
+        Producer::new(client, topic, paced())
+            .await
+            .expect("starting the producer"),
+    );
+    let enqueued = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(produce(
+        Arc::clone(&producer),
+        n,
+        |i| ProducerRecord::new(value(i)),
+        Arc::clone(&enqueued),
+    ));
+    (producer, enqueued, task)
 }
 
 /// Waits until `counter` reaches `at` (or the producer finished, whichever first).
