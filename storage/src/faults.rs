@@ -15,6 +15,8 @@ pub enum Op {
     Write,
     /// `fdatasync` of a segment.
     Sync,
+    /// Opening a closed segment's file to sync it (e.g. `EMFILE`).
+    Open,
 }
 
 #[cfg(feature = "fault-injection")]

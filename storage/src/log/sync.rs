@@ -68,16 +68,34 @@ impl Log {
             let file = Arc::clone(&self.sync_file.lock());
             let unsynced = std::mem::take(&mut *self.unsynced.lock());
             let mut result = Ok(());
-            for path in &unsynced {
-                result = result.and_then(|()| match File::open(path) {
-                    Ok(f) => self.fsync(&f, path),
+            for (i, path) in unsynced.iter().enumerate() {
+                let opened = faults::check(faults::Op::Open, path).and_then(|()| File::open(path));
+                match opened {
+                    Ok(f) => {
+                        result = self.fsync(&f, path);
+                        if result.is_err() {
+                            break;
+                        }
+                    }
                     // Deleted by retention meanwhile: nothing left to make durable.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(Error::io("open", path, e)),
-                });
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Not synced, but nothing is lost either (e.g. out of descriptors):
+                    // queue this file and the rest again, so the durable offset stays
+                    // below them and the next sync retries.
+                    Err(e) => {
+                        let mut queue = self.unsynced.lock();
+                        let newer = std::mem::replace(&mut *queue, unsynced[i..].to_vec());
+                        queue.extend(newer);
+                        result = Err(Error::io("open", path, e));
+                        break;
+                    }
+                }
             }
-            if !unsynced.is_empty() {
-                result = result.and_then(|()| sync_dir(&self.dir));
+            if result.is_ok() && !unsynced.is_empty() {
+                // A failed directory fsync is a failed fsync: the names it should have made
+                // durable may never be, and this list is gone. Poison, as for data.
+                result = sync_dir(&self.dir)
+                    .inspect_err(|_| self.poisoned.store(true, Ordering::Release));
             }
             let result = result.and_then(|()| self.fsync(&file, &self.dir));
             if result.is_ok() {

@@ -307,3 +307,40 @@ fn a_failed_fsync_stops_writes_until_reopen() {
         "reopened, the log accepts writes again"
     );
 }
+
+#[test]
+fn a_closed_segment_that_cannot_be_opened_for_its_sync_stays_queued_and_not_durable() {
+    use crate::faults::{self, Op};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", small_config()).unwrap();
+    let mut i = 0;
+    while log.segment_count() < 2 {
+        log.append(&[record(i, 1)], ProducerStamp::default())
+            .unwrap();
+        i += 1;
+    }
+    assert_eq!(
+        log.durable_offset(),
+        0,
+        "Never: a roll syncs nothing itself"
+    );
+    // Out of descriptors when the sync opens the closed segment: the sync fails, nothing is
+    // called durable, and the log is not poisoned (no data was lost).
+    let log_dir = log.dir().to_path_buf();
+    faults::fail(&log_dir, Op::Open, 1, 24);
+    assert!(log.sync().is_err());
+    assert_eq!(log.durable_offset(), 0);
+    // The closed segment is still queued: the next sync opens it again (and fails again)...
+    faults::fail(&log_dir, Op::Open, 1, 24);
+    assert!(
+        log.sync().is_err(),
+        "a sync after a failed open must retry the closed segment, not skip it"
+    );
+    assert_eq!(log.durable_offset(), 0);
+    // ...and once it can, everything becomes durable and appends go on.
+    log.sync().unwrap();
+    assert_eq!(log.durable_offset(), log.end_offset());
+    log.append(&[record(i, 1)], ProducerStamp::default())
+        .unwrap();
+}
