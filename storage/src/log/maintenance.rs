@@ -20,7 +20,8 @@ impl Log {
         if self.config.retention_bytes.is_none() && self.config.retention.is_none() {
             return Ok(0);
         }
-        let _w = self.writer.lock();
+        // Which segments go is decided without the writer lock (a closed segment's size and
+        // newest timestamp never change, and reading the latter may map its time index).
         let segs: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
         let mut remaining: u64 = segs.iter().map(|s| s.len()).sum();
         let mut doomed = Vec::new();
@@ -46,12 +47,24 @@ impl Log {
         };
         let new_start = last.end();
         {
+            // The writer lock only for detaching them: a truncation or roll since the scan
+            // may have changed the map, in which case this round deletes nothing.
+            let _w = self.writer.lock();
             let mut map = self.segments.write();
+            let unchanged = doomed.iter().all(|s| {
+                map.get(&s.base).is_some_and(|m| Arc::ptr_eq(m, s))
+                    && map.range(s.base + 1..).next().is_some()
+            });
+            if !unchanged {
+                return Ok(0);
+            }
             for s in &doomed {
                 map.remove(&s.base);
             }
+            self.start.store(new_start, Ordering::Release);
         }
-        self.start.store(new_start, Ordering::Release);
+        // Unreachable now (readers holding a view keep their map: unlinked files stay alive),
+        // so the unlinks and the directory fsync run without blocking appends.
         for s in &doomed {
             self.delete_segment_files(s)?;
         }
