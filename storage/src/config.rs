@@ -28,7 +28,8 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// One offset index entry per this many bytes of log (and at most one time entry).
     pub index_interval_bytes: u32,
-    /// Disk space reserved ahead of the writer in steps of this many bytes (fallocate).
+    /// Disk space reserved ahead of the writer (fallocate), in steps that start at 64 KiB and
+    /// double with each reservation up to this many bytes.
     pub preallocate_bytes: u64,
     pub durability: Durability,
     /// Delete the oldest closed segments while the log is larger than this.

@@ -212,7 +212,13 @@ impl Log {
         if need <= w.reserved {
             return Ok(());
         }
-        let step = (w.reserved + self.config.preallocate_bytes).min(self.config.segment_bytes);
+        // Reserve ahead by a step that starts small and doubles with every reservation, up
+        // to `preallocate_bytes`: space reserved ahead stays below what the partition has
+        // already written (plus the first step), so an idle partition costs kilobytes while
+        // a busy one soon reserves in full steps.
+        let ahead = w.reserve_step.min(self.config.preallocate_bytes);
+        w.reserve_step = ahead.saturating_mul(2);
+        let step = (w.reserved + ahead).min(self.config.segment_bytes);
         let target = need.max(step);
         faults::check(faults::Op::Allocate, &w.segment.log_path)
             .and_then(|()| allocate(&w.file, w.reserved, target - w.reserved))

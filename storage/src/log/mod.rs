@@ -37,6 +37,10 @@ use crate::segment::{self, ActiveIndex, IndexBuilder, Segment};
 /// A snapshot of the active segment's state is saved every this many appended bytes.
 const SNAPSHOT_INTERVAL_BYTES: u64 = 32 * 1024 * 1024;
 
+/// The first reservation of a newly opened partition reaches this far ahead; each later one
+/// twice as far as the one before, up to `LogConfig::preallocate_bytes`.
+const FIRST_RESERVE_BYTES: u64 = 64 * 1024;
+
 /// A callback run after every append with the new end offset (e.g. to wake async readers).
 pub type Listener = Box<dyn Fn(u64) + Send + Sync>;
 
@@ -85,6 +89,8 @@ struct Writer {
     time_file_len: u64,
     pos: u64,
     reserved: u64,
+    /// How far ahead the next reservation reaches (see `Log::reserve`).
+    reserve_step: u64,
     /// Position of the segment's latest snapshot.
     snapshot_pos: u64,
     index: IndexBuilder,
@@ -276,6 +282,7 @@ impl Log {
                 time_file_len,
                 pos: tail.len,
                 reserved: tail.len,
+                reserve_step: FIRST_RESERVE_BYTES,
                 snapshot_pos: tail.len,
                 index,
                 producers,

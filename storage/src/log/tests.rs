@@ -344,3 +344,50 @@ fn a_closed_segment_that_cannot_be_opened_for_its_sync_stays_queued_and_not_dura
     log.append(&[record(i, 1)], ProducerStamp::default())
         .unwrap();
 }
+
+#[test]
+fn an_idle_partition_reserves_kilobytes_and_a_busy_one_reserves_in_full_steps() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 * 1024 * 1024,
+        ..LogConfig::default()
+    };
+    let log = storage.open_log("t/0", config.clone()).unwrap();
+    let path = log.dir().join(crate::segment::file_name(0, "log"));
+    let allocated = || std::fs::metadata(&path).unwrap().blocks() * 512;
+    log.append(&[record(0, 1)], ProducerStamp::default())
+        .unwrap();
+    assert!(
+        allocated() <= 128 * 1024,
+        "one record reserved {} bytes",
+        allocated()
+    );
+    // A busy partition: the step doubles until it is `preallocate_bytes`.
+    let big = Record {
+        value: Bytes::from(vec![7u8; 256 * 1024]),
+        ..record(1, 1)
+    };
+    let mut largest_step = 0;
+    for _ in 0..40 {
+        let before = allocated();
+        log.append(std::slice::from_ref(&big), ProducerStamp::default())
+            .unwrap();
+        largest_step = largest_step.max(allocated() - before);
+        let (written, reserved) = (log.size_bytes(), allocated());
+        assert!(
+            reserved >= written,
+            "every written byte sits in reserved space"
+        );
+        assert!(
+            reserved - written <= config.preallocate_bytes + 2 * big.value.len() as u64,
+            "reserved {} bytes ahead of {written}",
+            reserved - written
+        );
+    }
+    assert!(
+        largest_step >= config.preallocate_bytes,
+        "a busy partition reserves in full steps, the largest was {largest_step} bytes"
+    );
+}
