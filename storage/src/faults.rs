@@ -1,6 +1,7 @@
 //! Fault injection for tests (cargo feature `fault-injection`): makes the next file
-//! operations of a kind on files under a directory fail with a chosen OS error, so tests can
-//! prove what happens on a full disk or a failing fsync without a real broken disk.
+//! operations of a kind on files under a directory fail with a chosen OS error, or stall
+//! their thread like a slow disk, so tests can prove what happens on a full disk, a failing
+//! fsync or a stalled write without a real broken disk.
 //! Without the feature every check compiles to nothing.
 
 use std::io;
@@ -22,6 +23,7 @@ pub enum Op {
 #[cfg(feature = "fault-injection")]
 mod imp {
     use std::path::PathBuf;
+    use std::time::Duration;
 
     use parking_lot::Mutex;
 
@@ -32,7 +34,15 @@ mod imp {
         op: Op,
         /// Failures left; `u64::MAX` = until cleared.
         times: u64,
-        errno: i32,
+        effect: Effect,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Effect {
+        /// Fail with this OS error.
+        Fail(i32),
+        /// Succeed after blocking the calling thread this long (a slow disk).
+        Stall(Duration),
     }
 
     static RULES: Mutex<Vec<Rule>> = Mutex::new(Vec::new());
@@ -44,7 +54,18 @@ mod imp {
             dir: dir.to_path_buf(),
             op,
             times,
-            errno,
+            effect: Effect::Fail(errno),
+        });
+    }
+
+    /// Makes the next `times` operations `op` on files under `dir` block their thread for
+    /// `delay` before going ahead, like a stalled disk.
+    pub fn stall(dir: &Path, op: Op, times: u64, delay: Duration) {
+        RULES.lock().push(Rule {
+            dir: dir.to_path_buf(),
+            op,
+            times,
+            effect: Effect::Stall(delay),
         });
     }
 
@@ -63,17 +84,24 @@ mod imp {
         else {
             return Ok(());
         };
-        let errno = rules[i].errno;
+        let effect = rules[i].effect;
         if rules[i].times != u64::MAX {
             rules[i].times -= 1;
         }
         rules.retain(|r| r.times > 0);
-        Err(io::Error::from_raw_os_error(errno))
+        drop(rules);
+        match effect {
+            Effect::Fail(errno) => Err(io::Error::from_raw_os_error(errno)),
+            Effect::Stall(delay) => {
+                std::thread::sleep(delay);
+                Ok(())
+            }
+        }
     }
 }
 
 #[cfg(feature = "fault-injection")]
-pub use imp::{clear, fail};
+pub use imp::{clear, fail, stall};
 
 #[cfg(feature = "fault-injection")]
 pub(crate) use imp::check;

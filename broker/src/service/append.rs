@@ -1,8 +1,8 @@
 //! Append and AppendStream.
 //!
-//! The batch is written (and visible to readers) on the request's task, in request order;
-//! under `FSYNC_POLICY_ALWAYS` the wait for the disk runs on the blocking pool, where
-//! concurrent appends share one fdatasync. AppendStream keeps the write order of its
+//! The batch is written (and visible to readers) on the blocking pool, in request order (the
+//! request's task waits for it); under `FSYNC_POLICY_ALWAYS` the wait for the disk runs on the
+//! blocking pool too, where concurrent appends share one fdatasync. AppendStream keeps the write order of its
 //! requests and lets their fsyncs overlap, answering strictly in request order.
 
 use std::sync::Arc;
@@ -65,7 +65,13 @@ async fn write(inner: &Arc<Inner>, who: &Principal, req: AppendRequest) -> Resul
         sequence: req.sequence,
     };
     let log = Arc::clone(&partition.log);
-    let appended = log.append_unsynced(&records, stamp)?;
+    let record_count = records.len() as u64;
+    // The write (and a roll's fsyncs under ALWAYS) may wait on the disk: never on a runtime
+    // worker thread.
+    let appended = {
+        let log = Arc::clone(&log);
+        tokio::task::spawn_blocking(move || log.append_unsynced(&records, stamp)).await??
+    };
     let mut response = AppendResponse {
         request_id: req.request_id,
         partition: partition.index,
@@ -75,11 +81,7 @@ async fn write(inner: &Arc<Inner>, who: &Principal, req: AppendRequest) -> Resul
         durability: Durability::Written as i32,
     };
     let end = appended.base_offset + u64::from(appended.record_count);
-    let counted = if appended.duplicate {
-        0
-    } else {
-        records.len() as u64
-    };
+    let counted = if appended.duplicate { 0 } else { record_count };
     if topic.settings.fsync != Fsync::Always {
         if log.durable_offset() >= end {
             response.durability = Durability::Fsynced as i32;
