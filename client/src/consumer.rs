@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use spool_proto::v1::consume_request::Kind as Req;
 use spool_proto::v1::consume_response::Kind as Resp;
 use spool_proto::v1::start_position::Kind;
 use spool_proto::v1::*;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tonic::Code;
 
 use crate::client::Client;
@@ -270,15 +271,21 @@ pub struct MemberState {
     pub partitions: Vec<u32>,
 }
 
+/// The most commits a member keeps waiting for the broker's answer; past it
+/// [`GroupConsumer::commit`] fails with [`Error::TooManyPending`] instead of queueing, so a
+/// caller that commits faster than the broker answers cannot grow the member's memory.
+pub const MAX_PENDING_COMMITS: usize = 4096;
+
+/// Room in the member's request channel beyond the commits: the join, a leave and an ack.
+const REQUEST_SLACK: usize = 8;
+
 enum Ctl {
     Commit {
         partition: u32,
         offset: u64,
         reply: oneshot::Sender<Result<()>>,
-    },
-    Ack {
-        conn: u64,
-        batch_count: u64,
+        /// One of [`MAX_PENDING_COMMITS`], held until the commit is answered.
+        room: OwnedSemaphorePermit,
     },
     Leave(oneshot::Sender<()>),
 }
@@ -312,7 +319,12 @@ struct Delivered {
 /// ```
 pub struct GroupConsumer {
     rx: mpsc::Receiver<Result<Delivered>>,
-    ctl: mpsc::UnboundedSender<Ctl>,
+    ctl: mpsc::Sender<Ctl>,
+    /// Room for unanswered commits (see [`MAX_PENDING_COMMITS`]).
+    room: Arc<Semaphore>,
+    /// The latest (stream, batch count) processed, for auto-commit: acks are cumulative,
+    /// so one slot that the newest overwrites is all they need.
+    acks: watch::Sender<(u64, u64)>,
     state: watch::Receiver<MemberState>,
     auto_commit: bool,
     last: Option<(u64, u64)>,
@@ -328,7 +340,8 @@ impl GroupConsumer {
     ) -> Result<GroupConsumer> {
         client.describe_topic(topic).await?;
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
-        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let (ctl, ctl_rx) = mpsc::channel(MAX_PENDING_COMMITS + REQUEST_SLACK);
+        let (acks, acks_rx) = watch::channel((0, 0));
         let (state_tx, state) = watch::channel(MemberState {
             member_id: options.member_id.clone().unwrap_or_default(),
             ..MemberState::default()
@@ -342,10 +355,12 @@ impl GroupConsumer {
             state: state_tx,
             tx,
         };
-        tokio::spawn(member.run(ctl_rx));
+        tokio::spawn(member.run(ctl_rx, acks_rx));
         Ok(GroupConsumer {
             rx,
             ctl,
+            room: Arc::new(Semaphore::new(MAX_PENDING_COMMITS)),
+            acks,
             state,
             auto_commit,
             last: None,
@@ -357,7 +372,10 @@ impl GroupConsumer {
     /// waiting.)
     pub async fn close(self) -> Result<()> {
         let (done, rx) = oneshot::channel();
-        self.ctl.send(Ctl::Leave(done)).map_err(|_| Error::Closed)?;
+        self.ctl
+            .send(Ctl::Leave(done))
+            .await
+            .map_err(|_| Error::Closed)?;
         let _ = rx.await;
         Ok(())
     }
@@ -373,20 +391,34 @@ impl GroupConsumer {
     ///
     /// The commit is on its way when this returns, before the future is polled: a caller
     /// may keep consuming while commits complete (they apply in the order made), which
-    /// keeps the broker's in-flight credit from running out.
+    /// keeps the broker's in-flight credit from running out. At most
+    /// [`MAX_PENDING_COMMITS`] wait for an answer at once: past that the commit fails with
+    /// [`Error::TooManyPending`] (nothing is sent).
     pub fn commit(
         &self,
         partition: u32,
         offset: u64,
     ) -> impl Future<Output = Result<()>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let sent = self.ctl.send(Ctl::Commit {
-            partition,
-            offset,
-            reply,
-        });
+        let sent = match Arc::clone(&self.room).try_acquire_owned() {
+            // With a permit there is always room in the channel: it holds more than there
+            // are permits.
+            Ok(room) => self
+                .ctl
+                .try_send(Ctl::Commit {
+                    partition,
+                    offset,
+                    reply,
+                    room,
+                })
+                .map_err(|_| Error::Closed),
+            Err(TryAcquireError::NoPermits) => Err(Error::TooManyPending {
+                limit: MAX_PENDING_COMMITS,
+            }),
+            Err(TryAcquireError::Closed) => Err(Error::Closed),
+        };
         async move {
-            sent.map_err(|_| Error::Closed)?;
+            sent?;
             rx.await.map_err(|_| Error::Closed)?
         }
     }
@@ -400,7 +432,9 @@ impl GroupConsumer {
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
         let (done, _) = oneshot::channel();
-        let _ = self.ctl.send(Ctl::Leave(done));
+        // If the channel is full, dropping the sender closes it: the member leaves once it
+        // has sent what is queued.
+        let _ = self.ctl.try_send(Ctl::Leave(done));
     }
 }
 
@@ -412,10 +446,7 @@ impl Stream for GroupConsumer {
             Poll::Ready(Some(Ok(d))) => {
                 if self.auto_commit && self.last != Some((d.conn, d.batch)) {
                     // The caller moved on to a new batch: every earlier one is processed.
-                    let _ = self.ctl.send(Ctl::Ack {
-                        conn: d.conn,
-                        batch_count: d.batch,
-                    });
+                    self.acks.send_replace((d.conn, d.batch));
                     self.last = Some((d.conn, d.batch));
                 }
                 Poll::Ready(Some(Ok(d.message)))
@@ -441,11 +472,18 @@ struct Member {
 /// (resent in any other order, an older offset could overwrite a newer one that the broker
 /// had already acknowledged).
 #[derive(Default)]
-struct Waiting(VecDeque<(u32, u64, oneshot::Sender<Result<()>>)>);
+struct Waiting(VecDeque<(u32, u64, oneshot::Sender<Result<()>>, OwnedSemaphorePermit)>);
 
 impl Waiting {
-    fn push(&mut self, partition: u32, offset: u64, reply: oneshot::Sender<Result<()>>) {
-        self.0.push_back((partition, offset, reply));
+    /// `room` is released when the commit is answered.
+    fn push(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        reply: oneshot::Sender<Result<()>>,
+        room: OwnedSemaphorePermit,
+    ) {
+        self.0.push_back((partition, offset, reply, room));
     }
 
     /// Answers the oldest waiting commit of `offset` to `partition` (the broker answers a
@@ -454,8 +492,8 @@ impl Waiting {
         if let Some(i) = self
             .0
             .iter()
-            .position(|&(p, o, _)| p == partition && o == offset)
-            && let Some((_, _, reply)) = self.0.remove(i)
+            .position(|&(p, o, _, _)| p == partition && o == offset)
+            && let Some((_, _, reply, _)) = self.0.remove(i)
         {
             let _ = reply.send(result);
         }
@@ -463,25 +501,25 @@ impl Waiting {
 
     /// (partition, offset) of every waiting commit, oldest first.
     fn in_order(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.0.iter().map(|&(p, o, _)| (p, o))
+        self.0.iter().map(|&(p, o, _, _)| (p, o))
     }
 
     fn fail_all(&mut self, e: &Error) {
-        for (_, _, reply) in self.0.drain(..) {
+        for (_, _, reply, _) in self.0.drain(..) {
             let _ = reply.send(Err(e.clone()));
         }
     }
 }
 
 impl Member {
-    async fn run(self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+    async fn run(self, mut ctl: mpsc::Receiver<Ctl>, mut acks: watch::Receiver<(u64, u64)>) {
         let mut attempt = 0;
         let mut conn = 0u64;
         let mut waiting = Waiting::default();
         loop {
             conn += 1;
             let failure = self
-                .session(conn, &mut ctl, &mut attempt, &mut waiting)
+                .session(conn, &mut ctl, &mut acks, &mut attempt, &mut waiting)
                 .await;
             match failure {
                 None => return,
@@ -503,12 +541,16 @@ impl Member {
     async fn session(
         &self,
         conn: u64,
-        ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+        ctl: &mut mpsc::Receiver<Ctl>,
+        acks: &mut watch::Receiver<(u64, u64)>,
         attempt: &mut u32,
         waiting: &mut Waiting,
     ) -> Option<Error> {
         let member_id = self.state.borrow().member_id.clone();
-        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        // Bounded: it holds at most the join, the waiting commits resent below, and one
+        // request per control message, which is taken only while there is room (so the
+        // sends below never fail for want of it, and never wait).
+        let (req_tx, req_rx) = mpsc::channel(MAX_PENDING_COMMITS + REQUEST_SLACK);
         let join = ConsumeRequest {
             kind: Some(Req::Join(JoinGroup {
                 group: self.group.clone(),
@@ -520,17 +562,17 @@ impl Member {
                 auto_commit: self.options.auto_commit,
             })),
         };
-        let _ = req_tx.send(join);
+        let _ = req_tx.try_send(join);
         // Commits that were in flight when the previous stream broke go out again.
         for (partition, offset) in waiting.in_order() {
-            let _ = req_tx.send(ConsumeRequest {
+            let _ = req_tx.try_send(ConsumeRequest {
                 kind: Some(Req::Commit(CommitRequest { partition, offset })),
             });
         }
         let mut stream = match self
             .client
             .raw()
-            .consume(tokio_stream::wrappers::UnboundedReceiverStream::new(req_rx))
+            .consume(tokio_stream::wrappers::ReceiverStream::new(req_rx))
             .await
         {
             Ok(r) => r.into_inner(),
@@ -539,6 +581,7 @@ impl Member {
         let mut local: VecDeque<Delivered> = VecDeque::new();
         let mut batch = 0u64;
         let mut leaving: Option<oneshot::Sender<()>> = None;
+        let mut acks_open = true;
         let failure = loop {
             let tx = self.tx.clone();
             tokio::select! {
@@ -592,30 +635,36 @@ impl Member {
                     },
                     Err(status) => break self.client.error(status),
                 },
-                c = ctl.recv(), if leaving.is_none() => match c {
+                c = ctl.recv(), if leaving.is_none() && req_tx.capacity() > 0 => match c {
                     None => {
-                        let _ = req_tx.send(ConsumeRequest { kind: Some(Req::Leave(LeaveGroup {})) });
+                        let _ = req_tx.try_send(ConsumeRequest { kind: Some(Req::Leave(LeaveGroup {})) });
                         let (done, _) = oneshot::channel();
                         leaving = Some(done);
                     }
                     Some(Ctl::Leave(done)) => {
-                        let _ = req_tx.send(ConsumeRequest { kind: Some(Req::Leave(LeaveGroup {})) });
+                        let _ = req_tx.try_send(ConsumeRequest { kind: Some(Req::Leave(LeaveGroup {})) });
                         leaving = Some(done);
                     }
-                    Some(Ctl::Commit { partition, offset, reply }) => {
-                        waiting.push(partition, offset, reply);
-                        let _ = req_tx.send(ConsumeRequest {
+                    Some(Ctl::Commit { partition, offset, reply, room }) => {
+                        waiting.push(partition, offset, reply, room);
+                        let _ = req_tx.try_send(ConsumeRequest {
                             kind: Some(Req::Commit(CommitRequest { partition, offset })),
                         });
                     }
-                    Some(Ctl::Ack { conn: c, batch_count }) => {
-                        if c == conn {
-                            let _ = req_tx.send(ConsumeRequest {
-                                kind: Some(Req::Ack(Ack { batch_count })),
-                            });
-                        }
-                    }
                 },
+                changed = acks.changed(), if acks_open && req_tx.capacity() > 0 => {
+                    if changed.is_err() {
+                        // The consumer is gone; its control channel closing ends the member.
+                        acks_open = false;
+                        continue;
+                    }
+                    let (c, batch_count) = *acks.borrow_and_update();
+                    if c == conn {
+                        let _ = req_tx.try_send(ConsumeRequest {
+                            kind: Some(Req::Ack(Ack { batch_count })),
+                        });
+                    }
+                }
             }
         };
         if let Some(done) = leaving {
@@ -635,9 +684,10 @@ mod tests {
     async fn waiting_commits_are_resent_in_the_order_made_and_answered_oldest_first() {
         let mut w = Waiting::default();
         let mut replies = Vec::new();
+        let room = Arc::new(Semaphore::new(4));
         for (p, o) in [(3, 150), (1, 7), (3, 163), (3, 150)] {
             let (tx, rx) = oneshot::channel();
-            w.push(p, o, tx);
+            w.push(p, o, tx, Arc::clone(&room).try_acquire_owned().unwrap());
             replies.push(rx);
         }
         // A rewind (163, then 150 again) must reach the broker in that order too.
@@ -651,6 +701,7 @@ mod tests {
             vec![(1, 7), (3, 163), (3, 150)],
             "an answer settles the oldest commit of that offset only"
         );
+        assert_eq!(room.available_permits(), 1, "an answer gives its room back");
         let mut replies = replies.into_iter();
         assert!(matches!(replies.next().expect("first").await, Ok(Ok(()))));
         w.fail_all(&Error::Closed);

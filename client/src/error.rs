@@ -29,6 +29,12 @@ pub enum Error {
     /// A commit was refused because the member does not own the partition.
     #[error("commit of partition {partition} refused: {reason}")]
     CommitRejected { partition: u32, reason: String },
+
+    /// A bound on work waiting for the broker was reached; wait for earlier work first.
+    #[error(
+        "{limit} commits are waiting for the broker's answer: await earlier commits before making more"
+    )]
+    TooManyPending { limit: usize },
     /// The caller passed something the client cannot send.
     #[error("{0}")]
     InvalidArgument(String),

@@ -37,7 +37,8 @@ mod producer;
 pub use backoff::Backoff;
 pub use client::{AuthHeader, Client, ClientOptions, TlsOptions, Transport};
 pub use consumer::{
-    GroupConsumer, GroupOptions, MemberState, Message, Reader, ReaderOptions, Start,
+    GroupConsumer, GroupOptions, MAX_PENDING_COMMITS, MemberState, Message, Reader, ReaderOptions,
+    Start,
 };
 pub use error::{Error, Result};
 pub use producer::{
