@@ -19,6 +19,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The most commands waiting for one member's stream. Commands are sent under the
+/// coordinator's lock and must never be dropped (a lost `Start` or `Assign` would stall a
+/// partition), so a stream that lets this many pile up is ended instead (see
+/// [`Joined::overflow`]); its member reconnects and resumes without a rebalance.
+pub const MAX_PENDING_COMMANDS: usize = 256;
 
 /// What the coordinator tells a member's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +52,19 @@ struct Holder {
 
 struct Conn {
     id: u64,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
+    overflow: CancellationToken,
+}
+
+impl Conn {
+    /// Queues `cmd` for the stream; a full queue ends the stream (never a dropped command:
+    /// the stream's end hands its holdings back to the member, whose next stream gets a
+    /// fresh `Assign` and its `Start`s).
+    fn tell(&self, cmd: Command) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(cmd) {
+            self.overflow.cancel();
+        }
+    }
 }
 
 struct Member {
@@ -77,7 +96,9 @@ pub struct MemberInfo {
 pub struct Joined {
     pub member_id: String,
     pub conn: u64,
-    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub commands: mpsc::Receiver<Command>,
+    /// Cancelled when the stream let [`MAX_PENDING_COMMANDS`] pile up: it must end.
+    pub overflow: CancellationToken,
 }
 
 /// All consumer groups' membership.
@@ -103,23 +124,28 @@ impl Coordinator {
         } else {
             member_id.to_string()
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_PENDING_COMMANDS);
+        let overflow = CancellationToken::new();
         let mut groups = self.groups.lock();
         let g = groups
             .entry((group.to_string(), topic.to_string()))
             .or_default();
         g.partitions = partitions;
-        let conn = Conn { id: conn_id, tx };
+        let conn = Conn {
+            id: conn_id,
+            tx,
+            overflow: overflow.clone(),
+        };
         match g.members.get_mut(&member_id) {
             Some(m) => {
                 // A returning member: no rebalance. A stream still open under this id is
                 // fenced; its holdings pass to the new stream once it has stopped.
                 if let Some(old) = m.conn.take() {
-                    let _ = old.tx.send(Command::Fenced);
+                    old.tell(Command::Fenced);
                 }
                 m.session_timeout = session_timeout;
                 m.epoch += 1;
-                let _ = conn.tx.send(Command::Assign {
+                conn.tell(Command::Assign {
                     generation: g.generation,
                     partitions: m.target.iter().copied().collect(),
                 });
@@ -144,6 +170,7 @@ impl Coordinator {
             member_id,
             conn: conn_id,
             commands: rx,
+            overflow,
         }
     }
 
@@ -262,7 +289,7 @@ impl Coordinator {
             }
             for m in g.members.values() {
                 if let Some(c) = &m.conn {
-                    let _ = c.tx.send(Command::TopicDeleted);
+                    c.tell(Command::TopicDeleted);
                 }
             }
             false
@@ -314,7 +341,7 @@ fn rebalance(g: &mut Group) {
     });
     for m in g.members.values() {
         if let Some(c) = &m.conn {
-            let _ = c.tx.send(Command::Assign {
+            c.tell(Command::Assign {
                 generation: g.generation,
                 partitions: m.target.iter().copied().collect(),
             });
@@ -340,7 +367,7 @@ fn dispatch(g: &mut Group) {
                         conn: Some(c.id),
                     },
                 );
-                let _ = c.tx.send(Command::Start { partition: p });
+                c.tell(Command::Start { partition: p });
             }
         }
     }
@@ -520,6 +547,36 @@ mod tests {
             a2.commands.try_recv().unwrap(),
             Command::Start { partition: 0 }
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_never_reads_its_commands_is_ended_not_buffered_without_limit() {
+        let c = Arc::new(Coordinator::default());
+        let a = c.join("g", "t", 3, "a", Duration::from_secs(10));
+        // Hostile churn: every join and leave rebalances, and each rebalance sends `a` an
+        // `Assign` that it never reads.
+        for i in 0..2 * MAX_PENDING_COMMANDS {
+            let x = c.join("g", "t", 3, &format!("x{i}"), Duration::from_secs(10));
+            c.remove("g", "t", &format!("x{i}"), x.conn);
+        }
+        assert!(a.commands.len() <= MAX_PENDING_COMMANDS);
+        assert!(
+            a.overflow.is_cancelled(),
+            "the stream must be told to end rather than lose commands"
+        );
+        // Its end hands the holdings back to the member: the next stream resumes them.
+        c.leave("g", "t", "a", a.conn);
+        let mut a2 = c.join("g", "t", 3, "a", Duration::from_secs(10));
+        assert!(matches!(
+            a2.commands.try_recv().unwrap(),
+            Command::Assign { partitions, .. } if partitions == vec![0, 1, 2]
+        ));
+        let mut started = Vec::new();
+        while let Ok(Command::Start { partition }) = a2.commands.try_recv() {
+            started.push(partition);
+        }
+        assert_eq!(started, vec![0, 1, 2]);
+        assert!(!a2.overflow.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub append_latency: Histogram,
     pub fsync_latency: Histogram,
     pub active_subscriptions: Gauge,
+    /// Answers queued on Consume streams for members that have not read them yet.
+    pub consume_unsent_responses: Gauge,
     pub data_loss_errors: Counter,
     quota_delay: Family<QuotaLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     quota_rejections: Family<QuotaLabels, Counter>,
@@ -73,6 +75,7 @@ impl Default for Metrics {
             append_latency: latency_histogram(),
             fsync_latency: latency_histogram(),
             active_subscriptions: Gauge::default(),
+            consume_unsent_responses: Gauge::default(),
             data_loss_errors: Counter::default(),
             quota_delay: Family::default(),
             quota_rejections: Family::default(),
@@ -109,6 +112,11 @@ impl Default for Metrics {
             "active_subscriptions",
             "Open Subscribe and Consume streams",
             m.active_subscriptions.clone(),
+        );
+        registry.register(
+            "consume_unsent_responses",
+            "Answers queued on Consume streams that their members have not read yet (each stream stops reading requests past a bound)",
+            m.consume_unsent_responses.clone(),
         );
         registry.register(
             "data_loss_errors",

@@ -28,13 +28,14 @@ use spool_proto::v1::{
 use spool_storage::StoredRecord;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use super::Inner;
 use super::convert;
 use crate::auth::{Operation, Principal, Resource};
 use crate::error::{Error, Result};
-use crate::groups::Command;
+use crate::groups::{Command, MAX_PENDING_COMMANDS};
 use crate::quota::Direction;
 use crate::registry::{Topic, validate_name};
 
@@ -82,7 +83,7 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(inner.config.stream_buffer);
     inner.metrics.active_subscriptions.inc();
     let session = Session::new(inner, who, topic, join, joined.member_id, joined.conn, tx);
-    tokio::spawn(session.run(requests, joined.commands));
+    tokio::spawn(session.run(requests, joined.commands, joined.overflow));
     Ok(ReceiverStream::new(rx))
 }
 
@@ -149,6 +150,12 @@ impl QueuedCommit {
     }
 }
 
+/// The most answers a member may leave unread (queued responses plus commit answers owed)
+/// before its stream stops reading requests: HTTP/2 flow control then holds the member's
+/// further requests on its side, so a member that sends commits and never reads costs
+/// bounded memory here.
+pub const MAX_UNSENT_RESPONSES: usize = 1024;
+
 struct Session {
     inner: Arc<Inner>,
     who: Principal,
@@ -175,6 +182,11 @@ struct Session {
     batches_sent: u64,
     commit_queue: BTreeMap<u32, QueuedCommit>,
     committing: Option<BTreeSet<u32>>,
+    /// Commit requests in `commit_queue` and in the write in flight: answers owed.
+    queued_answers: usize,
+    answers_in_flight: usize,
+    /// What this stream last added to the `consume_unsent_responses` gauge.
+    reported_unsent: i64,
     /// Revoked partitions waiting for an in-flight commit before their release.
     release_after_commit: Vec<u32>,
     /// The member sent `LeaveGroup`.
@@ -182,6 +194,21 @@ struct Session {
 }
 
 /// Tells the coordinator the stream ended, however the session task exits.
+/// Takes a finished stream's share out of the `consume_unsent_responses` gauge.
+struct UnsentGuard {
+    inner: Arc<Inner>,
+    reported: i64,
+}
+
+impl Drop for UnsentGuard {
+    fn drop(&mut self) {
+        self.inner
+            .metrics
+            .consume_unsent_responses
+            .dec_by(self.reported);
+    }
+}
+
 struct LeaveGuard {
     inner: Arc<Inner>,
     group: String,
@@ -238,6 +265,9 @@ impl Session {
             batches_sent: 0,
             commit_queue: BTreeMap::new(),
             committing: None,
+            queued_answers: 0,
+            answers_in_flight: 0,
+            reported_unsent: 0,
             release_after_commit: Vec::new(),
             leaving: false,
         }
@@ -246,7 +276,8 @@ impl Session {
     async fn run(
         mut self,
         mut requests: Streaming<ConsumeRequest>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut commands: mpsc::Receiver<Command>,
+        overflow: CancellationToken,
     ) {
         let _leave = LeaveGuard {
             inner: Arc::clone(&self.inner),
@@ -257,11 +288,17 @@ impl Session {
         };
         let ending = loop {
             self.schedule();
+            self.report_unsent();
             let tx = self.tx.clone();
             let has_out = !self.outq.is_empty();
+            let room = self.unsent() < MAX_UNSENT_RESPONSES;
             let step: Result<bool> = tokio::select! {
                 biased;
                 () = self.inner.shutdown.cancelled() => break Err(Error::ShuttingDown),
+                () = overflow.cancelled() => break Err(Error::ResourceExhausted(format!(
+                    "member {} fell behind: {MAX_PENDING_COMMANDS} group commands were waiting for this stream; reconnect with the same member id to resume without a rebalance",
+                    self.member_id
+                ))),
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     None => break Err(Error::ShuttingDown),
@@ -279,7 +316,7 @@ impl Session {
                     Some(ev) => self.on_event(ev),
                     None => Ok(true),
                 },
-                req = requests.next() => match req {
+                req = requests.next(), if room => match req {
                     Some(Ok(req)) => self.on_request(req),
                     Some(Err(status)) if status.code() == tonic::Code::Internal => {
                         break Err(Error::invalid(format!("malformed ConsumeRequest: {}", status.message())));
@@ -296,6 +333,10 @@ impl Session {
                 Ok(false) => break Ok(()),
                 Err(e) => break Err(e),
             }
+        };
+        let _unsent = UnsentGuard {
+            inner: Arc::clone(&self.inner),
+            reported: std::mem::take(&mut self.reported_unsent),
         };
         if let Err(e) = ending {
             let _ = self.tx.send(Err(Status::from(e))).await;
@@ -321,6 +362,22 @@ impl Session {
             self.inner
                 .groups
                 .remove(&self.group, &self.topic.name, &self.member_id, self.conn);
+        }
+    }
+
+    /// Answers this member has not read: queued responses and commit answers owed.
+    fn unsent(&self) -> usize {
+        self.outq.len() + self.queued_answers + self.answers_in_flight
+    }
+
+    fn report_unsent(&mut self) {
+        let now = self.unsent() as i64;
+        if now != self.reported_unsent {
+            self.inner
+                .metrics
+                .consume_unsent_responses
+                .inc_by(now - self.reported_unsent);
+            self.reported_unsent = now;
         }
     }
 
@@ -406,6 +463,7 @@ impl Session {
                 for p in &revoked {
                     self.parts.remove(p);
                     if let Some(queued) = self.commit_queue.remove(p) {
+                        self.queued_answers -= queued.superseded.len() + 1;
                         for off in queued.requests() {
                             self.outq.push_back(reject(
                                 *p,
@@ -550,6 +608,7 @@ impl Session {
             ));
             return;
         }
+        self.queued_answers += 1;
         match self.commit_queue.get_mut(&partition) {
             Some(queued) => {
                 let earlier = std::mem::replace(&mut queued.offset, offset);
@@ -580,6 +639,8 @@ impl Session {
             .flat_map(|(p, q)| q.requests().map(move |o| (*p, o)))
             .collect();
         self.committing = Some(commits.iter().map(|(p, _)| *p).collect());
+        self.answers_in_flight = answers.len();
+        self.queued_answers = 0;
         let inner = Arc::clone(&self.inner);
         let group = self.group.clone();
         let topic = self.topic.name.clone();
@@ -683,6 +744,7 @@ impl Session {
                 result,
             } => {
                 self.committing = None;
+                self.answers_in_flight = 0;
                 result?;
                 for (p, offset) in commits {
                     if let Some(part) = self.parts.get_mut(&p) {

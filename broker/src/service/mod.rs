@@ -2,7 +2,7 @@
 //! `status.rs`.
 
 mod append;
-mod consume;
+pub mod consume;
 mod convert;
 mod groups;
 mod offsets;
