@@ -28,6 +28,9 @@ pub struct Committed {
     /// The next offset the group will read.
     pub offset: u64,
     pub metadata: String,
+    /// Where in the offsets log this commit was written: commits become visible only once
+    /// durable, which may be out of write order, so a commit never replaces a later one.
+    written_at: u64,
 }
 
 type Table = BTreeMap<String, BTreeMap<String, BTreeMap<u32, Committed>>>;
@@ -70,6 +73,8 @@ impl OffsetStore {
             compact(storage, &table)?;
             let log = storage.open_log(LOG, log_config())?;
             tracing::info!(records, live, "compacted the offsets log");
+            // The same commits, at their positions in the compacted log.
+            let (table, _) = replay(&log)?;
             return Ok(OffsetStore {
                 log,
                 table: Mutex::new(table),
@@ -108,28 +113,34 @@ impl OffsetStore {
             .iter()
             .map(|&(p, o)| encode(group, topic, p, Some((o, metadata))))
             .collect();
-        let end = {
-            let mut table = self.table.lock();
-            let a = self
-                .log
-                .append_unsynced(&records, ProducerStamp::default())?;
-            let parts = table
-                .entry(group.to_string())
-                .or_default()
-                .entry(topic.to_string())
-                .or_default();
-            for &(p, offset) in commits {
-                parts.insert(
-                    p,
-                    Committed {
-                        offset,
-                        metadata: metadata.to_string(),
-                    },
-                );
+        let a = self
+            .log
+            .append_unsynced(&records, ProducerStamp::default())?;
+        // Visible only once durable: a commit that `GetOffsets`, `DescribeGroup` or a
+        // subscription from the committed offset saw must survive a crash, and a failed
+        // fsync must leave it unseen.
+        self.log
+            .sync_to(a.base_offset + u64::from(a.record_count))?;
+        let mut table = self.table.lock();
+        let parts = table
+            .entry(group.to_string())
+            .or_default()
+            .entry(topic.to_string())
+            .or_default();
+        for (i, &(p, offset)) in commits.iter().enumerate() {
+            let written_at = a.base_offset + i as u64;
+            if parts.get(&p).is_some_and(|c| c.written_at > written_at) {
+                continue;
             }
-            a.base_offset + u64::from(a.record_count)
-        };
-        self.log.sync_to(end)?;
+            parts.insert(
+                p,
+                Committed {
+                    offset,
+                    metadata: metadata.to_string(),
+                    written_at,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -178,18 +189,22 @@ impl OffsetStore {
         if tombstones.is_empty() {
             return Ok(());
         }
-        let end = {
-            let mut table = self.table.lock();
-            let a = self
-                .log
-                .append_unsynced(&tombstones, ProducerStamp::default())?;
-            for topics in table.values_mut() {
-                topics.remove(topic);
+        let a = self
+            .log
+            .append_unsynced(&tombstones, ProducerStamp::default())?;
+        self.log
+            .sync_to(a.base_offset + u64::from(a.record_count))?;
+        let mut table = self.table.lock();
+        for topics in table.values_mut() {
+            if let Some(parts) = topics.get_mut(topic) {
+                // A commit written after the tombstones (the topic created again) stays.
+                parts.retain(|_, c| c.written_at >= a.base_offset);
+                if parts.is_empty() {
+                    topics.remove(topic);
+                }
             }
-            table.retain(|_, t| !t.is_empty());
-            a.base_offset + u64::from(a.record_count)
-        };
-        self.log.sync_to(end)?;
+        }
+        table.retain(|_, t| !t.is_empty());
         Ok(())
     }
 
@@ -291,10 +306,14 @@ fn replay(log: &Log) -> Result<(Table, u64)> {
             }
             let offset = u64::from_le_bytes(r.value[..8].try_into().expect("8 bytes"));
             let metadata = String::from_utf8_lossy(&r.value[8..]).into_owned();
-            topics
-                .entry(topic.to_string())
-                .or_default()
-                .insert(partition, Committed { offset, metadata });
+            topics.entry(topic.to_string()).or_default().insert(
+                partition,
+                Committed {
+                    offset,
+                    metadata,
+                    written_at: r.offset,
+                },
+            );
         }
     }
     Ok((table, records))
@@ -384,5 +403,44 @@ mod tests {
             "compaction ran: {} records",
             log.end_offset()
         );
+    }
+
+    #[test]
+    fn a_commit_is_visible_only_once_durable_and_never_after_a_failed_fsync() {
+        use spool_storage::faults::{self, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let store = OffsetStore::open(&storage).unwrap();
+        store.commit("g", "t", 0, 5, "").unwrap();
+        faults::fail(&dir.path().join("internal"), Op::Sync, 1, 5);
+        assert!(store.commit("g", "t", 0, 9, "").is_err());
+        assert_eq!(
+            store.get_one("g", "t", 0),
+            Some(5),
+            "a commit whose fsync failed must not be seen"
+        );
+        faults::clear(dir.path());
+    }
+
+    #[test]
+    fn commits_applied_out_of_write_order_keep_the_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let store = OffsetStore::open_with(&storage, 0).unwrap();
+        store.commit("g", "t", 0, 7, "").unwrap();
+        // An older write (a lower log position) that becomes durable later changes nothing.
+        let mut table = store.table.lock();
+        let newer = table["g"]["t"][&0].written_at;
+        table.get_mut("g").unwrap().get_mut("t").unwrap().insert(
+            0,
+            Committed {
+                offset: 7,
+                metadata: String::new(),
+                written_at: newer + 10,
+            },
+        );
+        drop(table);
+        store.commit("g", "t", 0, 3, "").unwrap();
+        assert_eq!(store.get_one("g", "t", 0), Some(7));
     }
 }
