@@ -54,9 +54,13 @@ pub struct Metrics {
     /// Answers queued on Consume streams for members that have not read them yet.
     pub consume_unsent_responses: Gauge,
     pub data_loss_errors: Counter,
+    /// Completed passes of the retention task over every partition.
+    pub retention_runs: Counter,
     quota_delay: Family<QuotaLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     quota_rejections: Family<QuotaLabels, Counter>,
     end_offset: Family<PartitionLabels, Gauge>,
+    durable_offset: Family<PartitionLabels, Gauge>,
+    partition_fsyncs: Family<PartitionLabels, Gauge>,
     consumer_lag: Family<LagLabels, Gauge>,
 }
 
@@ -76,10 +80,13 @@ impl Default for Metrics {
             fsync_latency: latency_histogram(),
             active_subscriptions: Gauge::default(),
             consume_unsent_responses: Gauge::default(),
+            retention_runs: Counter::default(),
             data_loss_errors: Counter::default(),
             quota_delay: Family::default(),
             quota_rejections: Family::default(),
             end_offset: Family::default(),
+            durable_offset: Family::default(),
+            partition_fsyncs: Family::default(),
             consumer_lag: Family::default(),
             registry: PromRegistry::default(),
         };
@@ -119,6 +126,11 @@ impl Default for Metrics {
             m.consume_unsent_responses.clone(),
         );
         registry.register(
+            "retention_runs",
+            "Completed passes of the retention task over every partition",
+            m.retention_runs.clone(),
+        );
+        registry.register(
             "data_loss_errors",
             "Reads refused because stored data failed its checks",
             m.data_loss_errors.clone(),
@@ -132,6 +144,16 @@ impl Default for Metrics {
             "quota_rejections",
             "Requests refused by quotas",
             m.quota_rejections.clone(),
+        );
+        registry.register(
+            "partition_durable_offset",
+            "Every offset of the partition below this is on disk (fdatasync'd)",
+            m.durable_offset.clone(),
+        );
+        registry.register(
+            "partition_fsyncs",
+            "fdatasyncs of the partition's log since the broker opened it",
+            m.partition_fsyncs.clone(),
         );
         registry.register(
             "partition_end_offset",
@@ -194,16 +216,25 @@ impl Metrics {
     /// Refreshes the gauges and renders the text exposition format.
     pub fn render(&self, inner: &Inner) -> String {
         self.end_offset.clear();
+        self.durable_offset.clear();
+        self.partition_fsyncs.clear();
         self.consumer_lag.clear();
         let topics = inner.registry.list();
         for t in &topics {
             for p in &t.partitions {
+                let labels = PartitionLabels {
+                    topic: t.name.clone(),
+                    partition: p.index,
+                };
                 self.end_offset
-                    .get_or_create(&PartitionLabels {
-                        topic: t.name.clone(),
-                        partition: p.index,
-                    })
+                    .get_or_create(&labels)
                     .set(p.log.end_offset() as i64);
+                self.durable_offset
+                    .get_or_create(&labels)
+                    .set(p.log.durable_offset() as i64);
+                self.partition_fsyncs
+                    .get_or_create(&labels)
+                    .set(p.log.fsync_count() as i64);
             }
         }
         for (group, group_topics) in inner.offsets.groups() {

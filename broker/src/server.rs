@@ -302,6 +302,7 @@ async fn retention_loop(inner: Arc<Inner>) {
                     }
                 }
             }
+            inner.metrics.retention_runs.inc();
         })
         .await;
         if done.is_err() {

@@ -185,20 +185,54 @@ async fn append_then_read_keeps_keys_headers_order_and_timestamps() {
     assert_eq!(values(&r.records[3..]), ["more-0", "more-1"]);
 }
 
+/// A partition gauge from `/metrics`: `spool_partition_<name>{topic=...,partition="0"}`.
+fn partition_gauge(broker: &Broker, name: &str, topic: &str) -> u64 {
+    let body = broker.metrics();
+    let prefix = format!("spool_partition_{name}{{topic=\"{topic}\",partition=\"0\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
 #[tokio::test]
 async fn append_durability_follows_the_fsync_policy() {
     let broker = Broker::start();
     let mut c = broker.client().await;
     create_topic(&mut c, "always", 1, FsyncPolicy::Always).await;
     create_topic(&mut c, "never", 1, FsyncPolicy::Never).await;
+    let req = CreateTopicRequest {
+        name: "interval".into(),
+        partitions: 1,
+        config: Some(TopicConfig {
+            fsync: FsyncPolicy::Interval as i32,
+            fsync_interval_ms: 100,
+            ..TopicConfig::default()
+        }),
+    };
+    within("CreateTopic", c.create_topic(req)).await.unwrap();
     let a = append(&mut c, "always", 0, recs("a", 0..3)).await;
     assert_eq!(a.durability, Durability::Fsynced as i32);
-    let n = append(&mut c, "never", 0, recs("n", 0..3)).await;
-    assert!(
-        n.durability == Durability::Written as i32 || n.durability == Durability::Fsynced as i32,
-        "durability {}",
-        n.durability
-    );
+    assert!(partition_gauge(&broker, "fsyncs", "always") >= 1);
+    assert_eq!(partition_gauge(&broker, "durable_offset", "always"), 3);
+    // NEVER: answered as written, and no fsync of its log ran.
+    for i in 0..5 {
+        let n = append(&mut c, "never", 0, recs("n", i * 3..i * 3 + 3)).await;
+        assert_eq!(n.durability, Durability::Written as i32);
+    }
+    assert_eq!(partition_gauge(&broker, "fsyncs", "never"), 0);
+    assert_eq!(partition_gauge(&broker, "durable_offset", "never"), 0);
+    // INTERVAL: answered before the disk, then made durable by the flusher on its own.
+    append(&mut c, "interval", 0, recs("i", 0..3)).await;
+    within("the flusher syncs the interval topic", async {
+        while partition_gauge(&broker, "durable_offset", "interval") < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(partition_gauge(&broker, "fsyncs", "interval") >= 1);
 }
 
 #[tokio::test]

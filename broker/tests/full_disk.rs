@@ -16,6 +16,16 @@ use common::*;
 use spool_proto::v1::*;
 use tonic::Code;
 
+/// A test that needs root: in CI (`CI` set, where it runs as root) not being able to run is
+/// a failure, never a pass; a developer without root is told how to run it.
+fn cannot_run(why: &str) -> Option<Mount> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}: CI must run this test");
+    }
+    eprintln!("SKIPPED: {why}; run as root (CI does)");
+    None
+}
+
 /// Unmounts the tmpfs when the test ends, however it ends.
 struct Mount(PathBuf);
 
@@ -28,18 +38,12 @@ impl Mount {
             .output();
         match out {
             Ok(o) if o.status.success() => Some(Mount(dir.to_path_buf())),
-            Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs on {} (run as root): {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
+            Ok(o) => cannot_run(&format!(
+                "cannot mount a tmpfs on {} (run as root): {}",
+                dir.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => cannot_run(&format!("cannot run mount: {e}")),
         }
     }
 }

@@ -1284,8 +1284,23 @@ async fn a_topic_with_retention_ms_u64_max_keeps_its_records() {
         .await
         .expect("CreateTopic retention_ms=u64::MAX");
     fill(&mut c, "forever", 0, 400, 1000, 100).await;
-    // Several retention passes.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Wait for three retention passes to have run over the filled topic.
+    let runs = |b: &Broker| -> u64 {
+        let body = b.metrics();
+        body.lines()
+            .find_map(|l| l.strip_prefix("spool_retention_runs_total "))
+            .unwrap_or_else(|| panic!("no spool_retention_runs_total in\n{body}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let after_fill = runs(&broker);
+    within("three retention passes", async {
+        while runs(&broker) < after_fill + 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     let p = describe(&mut c, "forever").await.partition_info[0];
     assert_eq!(
         (p.start_offset, p.end_offset),

@@ -13,6 +13,7 @@
 //!   --ignored soak --nocapture`. `SPOOL_CHAOS_SEED=<seed>` replays a kill schedule.
 
 mod chaos_support;
+mod spoold_binary;
 
 use chaos_support::{Config, Report};
 use spool_client::v1::FsyncPolicy;
@@ -27,6 +28,7 @@ fn assert_clean(report: &Report) {
          retriable; see docs/reliability.md",
         report.producer_failed, report.failed_but_stored, report.producer_failures
     );
+    assert!(report.produced > 0, "the run produced nothing to check");
     assert_eq!(report.acked, report.produced);
     assert_eq!(report.stored, report.produced);
     assert_eq!(report.consumed, report.produced);
@@ -44,7 +46,10 @@ async fn sigkill_crash_loop_loses_duplicates_and_corrupts_nothing_and_clients_re
         fsync: FsyncPolicy::Always,
     })
     .await;
-    assert!(report.cycles >= 5);
+    assert_eq!(
+        report.cycles, 6,
+        "every kill-and-restart cycle must have run"
+    );
     assert_clean(&report);
 }
 
@@ -61,6 +66,10 @@ async fn short_loop(fsync: FsyncPolicy) {
         fsync,
     })
     .await;
+    assert_eq!(
+        report.cycles, 3,
+        "every kill-and-restart cycle must have run"
+    );
     assert_clean(&report);
 }
 
@@ -94,5 +103,9 @@ async fn soak() {
         fsync: FsyncPolicy::Always,
     })
     .await;
+    assert_eq!(
+        report.cycles, cycles,
+        "every kill-and-restart cycle must have run"
+    );
     assert_clean(&report);
 }

@@ -370,7 +370,16 @@ async fn consume_start_positions_and_follow() {
             .await
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // Produce only once the consumer's subscription is open (its "latest" is resolved
+    // before the broker counts it), however slowly the CLI starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while active_subscriptions(broker.metrics_addr()) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the --follow consumer never subscribed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     spool_in(
         &e,
         &["produce", "p", "-q", "-p", "0"],
@@ -617,4 +626,20 @@ fn every_subcommand_has_help_with_an_example() {
     }
     let consume = run_blocking(&["consume".into(), "--help".into()], None, &[]);
     assert!(consume.stdout.contains("base64"), "{}", consume.stdout);
+}
+
+/// The broker's `spool_active_subscriptions` gauge, from `/metrics` (plain HTTP/1.0).
+fn active_subscriptions(addr: std::net::SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("send the request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read /metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("spool_active_subscriptions "))
+        .unwrap_or_else(|| panic!("no spool_active_subscriptions in\n{body}"))
+        .trim()
+        .parse()
+        .expect("a number")
 }

@@ -170,13 +170,6 @@ pub struct Spoold {
 }
 
 impl Spoold {
-    /// `target/debug/spoold` beside this test binary (`target/debug/deps/…`), if built.
-    pub fn binary() -> Option<PathBuf> {
-        let exe = std::env::current_exe().ok()?;
-        let path = exe.parent()?.parent()?.join("spoold");
-        path.exists().then_some(path)
-    }
-
     /// Starts `spoold` on a free port and a fresh data directory.
     pub async fn start(path: PathBuf) -> Spoold {
         let mut s = Spoold {

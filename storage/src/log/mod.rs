@@ -123,6 +123,8 @@ pub struct Log {
     data_ready: Condvar,
     listeners: RwLock<Vec<Listener>>,
     poisoned: AtomicBool,
+    /// Successful fdatasyncs of this log's segments since it was opened.
+    fsyncs: AtomicU64,
     /// Files of segments closed without an fsync (durability other than `Always`), and the
     /// directory: synced by the next `sync` before it moves the durable offset.
     unsynced: Mutex<Vec<PathBuf>>,
@@ -300,6 +302,7 @@ impl Log {
             data_ready: Condvar::new(),
             listeners: RwLock::new(Vec::new()),
             poisoned: AtomicBool::new(false),
+            fsyncs: AtomicU64::new(0),
             unsynced: Mutex::new(Vec::new()),
             report,
             config,
@@ -338,6 +341,12 @@ impl Log {
     /// Every offset below this is on disk (fdatasync'd).
     pub fn durable_offset(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+
+    /// Successful fdatasyncs of this log's segments since it was opened (recovery's own
+    /// sync not counted): how tests and metrics see what a durability policy costs.
+    pub fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Bytes of all segments.

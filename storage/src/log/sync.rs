@@ -18,6 +18,9 @@ impl Log {
     pub(super) fn fsync(&self, file: &File, path: &Path) -> Result<()> {
         faults::check(faults::Op::Sync, path)
             .and_then(|()| file.sync_data())
+            .inspect(|()| {
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            })
             .map_err(|e| {
                 // After a failed fsync the kernel may have dropped the dirty pages: never
                 // pretend they are safe by retrying. Refuse writes until a restart recovers.
