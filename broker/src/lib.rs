@@ -9,6 +9,7 @@
 //! - `groups`: consumer group membership and assignment.
 //! - `service/`: the RPC handlers, one file per family; `service/status.rs` maps errors to
 //!   gRPC codes in one place.
+//! - `health`: the `spool.v1.Partitions` health service, NOT_SERVING while a partition failed.
 //! - `metrics`: Prometheus metrics at `/metrics`.
 //! - `server`: start-up, serving, retention, graceful shutdown.
 //! - `verify`: `spoold verify`, the offline integrity check of a data directory.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod groups;
+pub mod health;
 pub mod metrics;
 pub mod offsets;
 pub mod quota;

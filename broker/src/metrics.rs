@@ -61,6 +61,7 @@ pub struct Metrics {
     end_offset: Family<PartitionLabels, Gauge>,
     durable_offset: Family<PartitionLabels, Gauge>,
     partition_fsyncs: Family<PartitionLabels, Gauge>,
+    partition_failed: Family<PartitionLabels, Gauge>,
     consumer_lag: Family<LagLabels, Gauge>,
 }
 
@@ -87,6 +88,7 @@ impl Default for Metrics {
             end_offset: Family::default(),
             durable_offset: Family::default(),
             partition_fsyncs: Family::default(),
+            partition_failed: Family::default(),
             consumer_lag: Family::default(),
             registry: PromRegistry::default(),
         };
@@ -161,6 +163,11 @@ impl Default for Metrics {
             m.end_offset.clone(),
         );
         registry.register(
+            "partition_failed",
+            "1 while a partition's log has failed (an fsync error) and refuses appends until a restart, else 0",
+            m.partition_failed.clone(),
+        );
+        registry.register(
             "consumer_lag",
             "Records between a group's committed offset and the end",
             m.consumer_lag.clone(),
@@ -218,6 +225,7 @@ impl Metrics {
         self.end_offset.clear();
         self.durable_offset.clear();
         self.partition_fsyncs.clear();
+        self.partition_failed.clear();
         self.consumer_lag.clear();
         let topics = inner.registry.list();
         for t in &topics {
@@ -235,6 +243,9 @@ impl Metrics {
                 self.partition_fsyncs
                     .get_or_create(&labels)
                     .set(p.log.fsync_count() as i64);
+                self.partition_failed
+                    .get_or_create(&labels)
+                    .set(i64::from(p.log.failure().is_some()));
             }
         }
         for (group, group_topics) in inner.offsets.groups() {

@@ -115,6 +115,9 @@ impl TopicMeta {
 /// What to do about a topic metadata file the broker cannot use.
 const META_ADVICE: &str = "restore the file from a backup, or delete the topic's directory to drop the topic (run `spoold verify` to check its data)";
 
+/// What an operator does about a partition whose log failed.
+const FAILURE_ADVICE: &str = "The partition refuses appends (UNAVAILABLE) because written data may not have reached the disk; reads still work. Check the disk (kernel log), then restart the broker: the log reopens and recovery checks its tail (acknowledged fsynced records stay). Or delete the topic";
+
 /// One partition: its log and the channel that announces its end offset.
 pub struct Partition {
     pub index: u32,
@@ -135,6 +138,14 @@ impl Partition {
     /// A receiver that wakes whenever the end offset changes.
     pub fn watch_end(&self) -> watch::Receiver<u64> {
         self.end.subscribe()
+    }
+
+    /// Why the partition refuses appends, with what the operator does about it, or `None`
+    /// while it is healthy (see `PartitionState` in the API).
+    pub fn failure(&self) -> Option<String> {
+        self.log
+            .failure()
+            .map(|what| format!("{what}. {FAILURE_ADVICE}"))
     }
 }
 

@@ -34,6 +34,7 @@ pub struct Running {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     metrics_task: tokio::task::JoinHandle<std::io::Result<()>>,
     retention_task: tokio::task::JoinHandle<()>,
+    health_task: tokio::task::JoinHandle<()>,
     health: tonic_health::server::HealthReporter,
 }
 
@@ -56,8 +57,11 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     };
     let data_dir = config.data_dir.clone();
     let cfg = Arc::clone(&config);
+    let partition_events = crate::health::PartitionEvents::default();
+    let hook = partition_events.storage_hook();
     let (registry, offsets) = tokio::task::spawn_blocking(move || -> Result<_> {
         let storage = Arc::new(Storage::open(&data_dir, storage_config)?);
+        storage.on_failure(hook);
         let offsets = OffsetStore::open(&storage)?;
         let registry = Registry::open(Arc::clone(&storage), cfg)?;
         Ok((registry, offsets))
@@ -99,6 +103,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         offsets,
         metrics: Metrics::default(),
         groups: Arc::new(crate::groups::Coordinator::default()),
+        partition_events,
         shutdown: token.clone(),
     });
 
@@ -113,6 +118,12 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BrokerServer<BrokerService>>().await;
+    health
+        .set_service_status(
+            crate::health::PARTITIONS_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -185,6 +196,11 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         token.clone(),
     ));
     let retention_task = tokio::spawn(retention_loop(Arc::clone(&inner)));
+    let health_task = tokio::spawn(crate::health::watch(
+        Arc::clone(&inner),
+        health.clone(),
+        token.clone(),
+    ));
     tracing::info!(grpc = %grpc_addr, metrics = %metrics::describe(metrics_addr), "serving");
     Ok(Running {
         grpc_addr,
@@ -194,6 +210,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         server,
         metrics_task,
         retention_task,
+        health_task,
         health,
     })
 }
@@ -229,6 +246,7 @@ impl Running {
             self.server.abort();
         }
         self.retention_task.abort();
+        let _ = (&mut self.health_task).await;
         let _ = (&mut self.metrics_task).await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {

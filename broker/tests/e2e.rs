@@ -731,7 +731,7 @@ async fn retention_moves_the_start_offset_and_reads_below_it_are_out_of_range() 
     // Retention runs every 200 ms; wait for it to drop the oldest segments.
     let info = within("retention to remove a segment", async {
         loop {
-            let info = describe(&mut c, "t").await.partition_info[0];
+            let info = describe(&mut c, "t").await.partition_info[0].clone();
             if info.start_offset > 0 {
                 return info;
             }

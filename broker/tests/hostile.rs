@@ -924,7 +924,7 @@ async fn offsets_outside_the_log(c: &mut Client, w: &mut Witness) {
     // Wait until retention moved the start and then settled (two samples 500 ms apart).
     let mut previous = 0;
     let (start_offset, end_offset) = loop {
-        let p = describe(c, "retained").await.partition_info[0];
+        let p = describe(c, "retained").await.partition_info[0].clone();
         if p.start_offset > 0 && p.start_offset == previous {
             break (p.start_offset, p.end_offset);
         }
@@ -1301,7 +1301,7 @@ async fn a_topic_with_retention_ms_u64_max_keeps_its_records() {
         }
     })
     .await;
-    let p = describe(&mut c, "forever").await.partition_info[0];
+    let p = describe(&mut c, "forever").await.partition_info[0].clone();
     assert_eq!(
         (p.start_offset, p.end_offset),
         (0, 400),

@@ -192,6 +192,8 @@ fn generated_types_have_the_contract_field_names() {
             start_offset: 0,
             end_offset: 0,
             size_bytes: 0,
+            state: v1::PartitionState::Ok as i32,
+            failure: String::new(),
         }],
     };
     let append = v1::AppendRequest {

@@ -47,16 +47,28 @@ pub use config::{Durability, LogConfig, StorageConfig};
 pub use error::{Error, Result};
 pub use log::{Appended, Damage, Listener, Log, OpenReport, sync_dir};
 
+/// Called with a log's name when the log fails (see [`Log::failure`]); set with
+/// [`Storage::on_failure`]. It runs on the thread that saw the failure: keep it short.
+pub type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// State shared by every log of one storage: the map cache, segment ids, the flusher.
 pub(crate) struct Shared {
     cache: cache::MapCache,
     next_id: AtomicU64,
     flusher: flusher::Flusher,
+    on_failure: parking_lot::RwLock<Option<FailureHook>>,
 }
 
 impl Shared {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn report_failure(&self, log: &str) {
+        tracing::error!(log, "log failed: it refuses writes until it is reopened");
+        if let Some(hook) = self.on_failure.read().as_ref() {
+            hook(log);
+        }
     }
 }
 
@@ -94,9 +106,16 @@ impl Storage {
                 cache: cache::MapCache::new(config.max_mapped_files),
                 next_id: AtomicU64::new(1),
                 flusher,
+                on_failure: parking_lot::RwLock::new(None),
             }),
             _lock: lock,
         })
+    }
+
+    /// Sets the hook told when a log fails, so a server can report it (health, metrics)
+    /// without polling every log. Replaces any earlier hook.
+    pub fn on_failure(&self, hook: FailureHook) {
+        *self.shared.on_failure.write() = Some(hook);
     }
 
     /// The data directory.

@@ -98,6 +98,11 @@ pub fn topic_info(t: &Topic) -> v1::TopicInfo {
                 start_offset: p.log.start_offset(),
                 end_offset: p.log.end_offset(),
                 size_bytes: p.log.size_bytes(),
+                state: match p.failure() {
+                    Some(_) => v1::PartitionState::Failed,
+                    None => v1::PartitionState::Ok,
+                } as i32,
+                failure: p.failure().unwrap_or_default(),
             })
             .collect(),
     }

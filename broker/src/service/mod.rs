@@ -38,6 +38,8 @@ pub struct Inner {
     pub offsets: OffsetStore,
     pub metrics: Metrics,
     pub groups: Arc<crate::groups::Coordinator>,
+    /// Wakes the partition health watcher (`crate::health`).
+    pub partition_events: crate::health::PartitionEvents,
     /// Cancelled when the broker shuts down: open streams end with `UNAVAILABLE`.
     pub shutdown: CancellationToken,
 }

@@ -31,6 +31,8 @@ pub async fn delete(inner: &Arc<Inner>, req: DeleteTopicRequest) -> Result<Delet
     tokio::task::spawn_blocking(move || -> Result<()> {
         inner2.registry.delete(&req.name)?;
         inner2.groups.topic_deleted(&req.name);
+        // A failed partition of the deleted topic no longer counts against health.
+        inner2.partition_events.changed();
         inner2.offsets.delete_topic(&req.name)?;
         tracing::info!(topic = %req.name, "topic deleted");
         Ok(())

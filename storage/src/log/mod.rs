@@ -125,6 +125,8 @@ pub struct Log {
     poisoned: AtomicBool,
     /// Successful fdatasyncs of this log's segments since it was opened.
     fsyncs: AtomicU64,
+    /// What poisoned the log (a failed flush), for operators: see [`Log::failure`].
+    failure: Mutex<Option<String>>,
     /// Files of segments closed without an fsync (durability other than `Always`), and the
     /// directory: synced by the next `sync` before it moves the durable offset.
     unsynced: Mutex<Vec<PathBuf>>,
@@ -303,6 +305,7 @@ impl Log {
             listeners: RwLock::new(Vec::new()),
             poisoned: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
+            failure: Mutex::new(None),
             unsynced: Mutex::new(Vec::new()),
             report,
             config,

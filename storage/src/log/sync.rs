@@ -24,9 +24,30 @@ impl Log {
             .map_err(|e| {
                 // After a failed fsync the kernel may have dropped the dirty pages: never
                 // pretend they are safe by retrying. Refuse writes until a restart recovers.
-                self.poisoned.store(true, Ordering::Release);
-                Error::io("fsync", path, e)
+                let e = Error::io("fsync", path, e);
+                self.fail(&e);
+                e
             })
+    }
+
+    /// Poisons the log after a failed flush: it refuses writes until reopened, remembers
+    /// why (for `Log::failure`) and tells the storage's failure hook.
+    pub(super) fn fail(&self, e: &Error) {
+        {
+            let mut failure = self.failure.lock();
+            if failure.is_none() {
+                *failure = Some(e.to_string());
+            }
+        }
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            self.shared.report_failure(&self.name);
+        }
+    }
+
+    /// What made the log refuse writes (a failed fsync: the operation, the file and the
+    /// OS error), or `None` while it is healthy.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
     }
 
     pub(super) fn check_poisoned(&self) -> Result<()> {
@@ -97,8 +118,7 @@ impl Log {
             if result.is_ok() && !unsynced.is_empty() {
                 // A failed directory fsync is a failed fsync: the names it should have made
                 // durable may never be, and this list is gone. Poison, as for data.
-                result = sync_dir(&self.dir)
-                    .inspect_err(|_| self.poisoned.store(true, Ordering::Release));
+                result = sync_dir(&self.dir).inspect_err(|e| self.fail(e));
             }
             let result = result.and_then(|()| self.fsync(&file, &self.dir));
             if result.is_ok() {
