@@ -84,6 +84,11 @@ pub struct BrokerConfig {
     pub stream_memory_bytes: u64,
     /// How often retention runs, in milliseconds.
     pub retention_check_ms: u64,
+    /// The committed offsets of a group with no members are deleted this long (in
+    /// milliseconds) after its last commit or the last time it had members, whichever is
+    /// later, as Kafka's `offsets.retention.minutes` does: invented group names cannot grow
+    /// the broker's memory forever.
+    pub offsets_retention_ms: u64,
     /// Most AppendStream requests in flight per stream.
     pub max_in_flight_appends: usize,
     /// Closed segment files mapped at once.
@@ -112,6 +117,7 @@ impl Default for BrokerConfig {
             stream_max_bytes: 256 * 1024,
             stream_memory_bytes: 64 * 1024 * 1024,
             retention_check_ms: 60_000,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             max_in_flight_appends: 1024,
             max_mapped_files: 4096,
             topic_defaults: TopicDefaults::default(),

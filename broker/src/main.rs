@@ -34,6 +34,10 @@ struct Cli {
     /// How often retention runs, in milliseconds [default: 60000].
     #[arg(long, env = "SPOOL_RETENTION_CHECK_MS")]
     retention_check_ms: Option<u64>,
+    /// How long a group without members keeps its committed offsets after its last commit,
+    /// in milliseconds [default: 604800000, 7 days].
+    #[arg(long, env = "SPOOL_OFFSETS_RETENTION_MS")]
+    offsets_retention_ms: Option<u64>,
     /// Default fsync policy of new topics: always, interval or never [default: always].
     #[arg(long, env = "SPOOL_FSYNC")]
     fsync: Option<String>,
@@ -94,6 +98,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.retention_check_ms {
         config.retention_check_ms = v;
+    }
+    if let Some(v) = cli.offsets_retention_ms {
+        config.offsets_retention_ms = v;
     }
     if let Some(v) = cli.fsync {
         config.topic_defaults.fsync = v;

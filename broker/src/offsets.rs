@@ -7,7 +7,7 @@
 //! than live entries it is compacted: the live entries are written to a fresh log, which
 //! then replaces the old one by directory renames (each step safe to crash in).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,9 +38,12 @@ type Table = BTreeMap<String, BTreeMap<String, BTreeMap<u32, Committed>>>;
 /// The broker's committed offsets.
 pub struct OffsetStore {
     log: Arc<Log>,
-    /// group → topic → partition → committed. Updated under the lock together with the
-    /// append, so the log's order and the table agree.
+    /// group → topic → partition → committed, applied once durable (see `commit_many`).
     table: Mutex<Table>,
+    /// group → when it last committed or was seen with members (ms since the epoch), for
+    /// [`OffsetStore::expire`]. In memory: a restart counts as activity, so a restart can
+    /// delay an expiry but never bring one forward.
+    activity: Mutex<HashMap<String, i64>>,
 }
 
 fn log_config() -> LogConfig {
@@ -78,11 +81,13 @@ impl OffsetStore {
             return Ok(OffsetStore {
                 log,
                 table: Mutex::new(table),
+                activity: Mutex::default(),
             });
         }
         Ok(OffsetStore {
             log,
             table: Mutex::new(table),
+            activity: Mutex::default(),
         })
     }
 
@@ -121,6 +126,9 @@ impl OffsetStore {
         // fsync must leave it unseen.
         self.log
             .sync_to(a.base_offset + u64::from(a.record_count))?;
+        self.activity
+            .lock()
+            .insert(group.to_string(), crate::now_ms());
         let mut table = self.table.lock();
         let parts = table
             .entry(group.to_string())
@@ -206,6 +214,72 @@ impl OffsetStore {
         }
         table.retain(|_, t| !t.is_empty());
         Ok(())
+    }
+
+    /// Deletes, durably, the committed offsets of every group outside `active` (the groups
+    /// with members now) that neither committed nor had members for `retention_ms`.
+    /// Returns how many groups it deleted. Blocking.
+    pub fn expire(
+        &self,
+        now_ms: i64,
+        retention_ms: u64,
+        active: &HashSet<String>,
+    ) -> Result<usize> {
+        let retention = i64::try_from(retention_ms).unwrap_or(i64::MAX);
+        let mut tombstones = Vec::new();
+        let mut doomed = Vec::new();
+        {
+            let table = self.table.lock();
+            let mut activity = self.activity.lock();
+            activity.retain(|g, _| table.contains_key(g) || active.contains(g));
+            for g in active {
+                activity.insert(g.clone(), now_ms);
+            }
+            for (group, topics) in table.iter() {
+                let last = *activity.entry(group.clone()).or_insert(now_ms);
+                if now_ms.saturating_sub(last) <= retention {
+                    continue;
+                }
+                doomed.push(group.clone());
+                for (topic, parts) in topics {
+                    for p in parts.keys() {
+                        tombstones.push(encode(group, topic, *p, None));
+                    }
+                }
+            }
+        }
+        if tombstones.is_empty() {
+            return Ok(0);
+        }
+        let a = self
+            .log
+            .append_unsynced(&tombstones, ProducerStamp::default())?;
+        self.log
+            .sync_to(a.base_offset + u64::from(a.record_count))?;
+        let mut table = self.table.lock();
+        for group in &doomed {
+            if let Some(topics) = table.get_mut(group) {
+                // A commit made since the scan was written after the tombstones: it stays.
+                for parts in topics.values_mut() {
+                    parts.retain(|_, c| c.written_at >= a.base_offset);
+                }
+                topics.retain(|_, parts| !parts.is_empty());
+                if topics.is_empty() {
+                    table.remove(group);
+                    self.activity.lock().remove(group);
+                }
+            }
+        }
+        tracing::info!(
+            groups = doomed.len(),
+            "expired the committed offsets of groups without members"
+        );
+        Ok(doomed.len())
+    }
+
+    /// Groups with committed offsets (for tests and metrics).
+    pub fn group_count(&self) -> usize {
+        self.table.lock().len()
     }
 
     pub fn close(&self) -> Result<()> {
@@ -442,5 +516,49 @@ mod tests {
         drop(table);
         store.commit("g", "t", 0, 3, "").unwrap();
         assert_eq!(store.get_one("g", "t", 0), Some(7));
+    }
+
+    #[test]
+    fn groups_without_members_lose_their_offsets_after_the_retention_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let store = OffsetStore::open(&storage).unwrap();
+        for g in 0..500 {
+            store
+                .commit(&format!("invented-{g}"), "t", 0, 1, "")
+                .unwrap();
+        }
+        store.commit("kept", "t", 0, 4, "").unwrap();
+        store.commit("busy", "t", 1, 6, "").unwrap();
+        let retention = 60_000;
+        let active: HashSet<String> = ["busy".to_string()].into();
+        let now = crate::now_ms();
+        assert_eq!(
+            store.expire(now, retention, &active).unwrap(),
+            0,
+            "nothing is old yet"
+        );
+        // Later: the invented groups are idle past the retention; `kept` committed since.
+        store.commit("kept", "t", 0, 5, "").unwrap();
+        let later = now + retention as i64 + 1;
+        store.activity.lock().insert("kept".into(), later);
+        assert_eq!(store.expire(later, retention, &active).unwrap(), 500);
+        assert_eq!(store.group_count(), 2);
+        assert_eq!(
+            store.activity.lock().len(),
+            2,
+            "the activity map shrinks too"
+        );
+        assert_eq!(store.get_one("invented-7", "t", 0), None);
+        assert_eq!(store.get_one("kept", "t", 0), Some(5));
+        assert_eq!(
+            store.get_one("busy", "t", 1),
+            Some(6),
+            "a group with members is kept"
+        );
+        drop(store);
+        let store = OffsetStore::open(&storage).unwrap();
+        assert_eq!(store.group_count(), 2, "expiry is durable");
+        assert_eq!(store.get_one("invented-499", "t", 0), None);
     }
 }

@@ -320,6 +320,18 @@ async fn retention_loop(inner: Arc<Inner>) {
                     }
                 }
             }
+            let active: std::collections::HashSet<String> = inner
+                .groups
+                .memberships()
+                .into_iter()
+                .map(|(group, _)| group)
+                .collect();
+            if let Err(e) = inner
+                .offsets
+                .expire(now, inner.config.offsets_retention_ms, &active)
+            {
+                tracing::error!(error = %e, "expiring committed offsets failed");
+            }
             inner.metrics.retention_runs.inc();
         })
         .await;

@@ -87,3 +87,38 @@ async fn a_member_that_never_reads_its_answers_is_held_back_at_a_bound() {
         "the broker read every request of a member that reads no answer"
     );
 }
+
+#[tokio::test]
+async fn offsets_of_invented_groups_expire_when_they_have_no_members() {
+    let mut broker = Broker::start_with(&[
+        "--offsets-retention-ms",
+        "300",
+        "--retention-check-ms",
+        "100",
+    ]);
+    let mut c = broker.client().await;
+    create_topic(&mut c, "t", 1, FsyncPolicy::Always).await;
+    append(&mut c, "t", 0, recs("r", 0..3)).await;
+    for g in 0..50 {
+        commit(&mut c, &format!("invented-{g}"), "t", 0, 2).await;
+    }
+    assert_eq!(list_groups(&mut c, "").await.len(), 50);
+    within("the offsets expire", async {
+        while !list_groups(&mut c, "").await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        get_offsets(&mut c, "invented-3", "t").await[0]
+            .committed
+            .is_none()
+    );
+    broker.stop().await;
+    broker.restart();
+    let mut c = broker.client().await;
+    assert!(
+        list_groups(&mut c, "").await.is_empty(),
+        "expired offsets came back after a restart"
+    );
+}

@@ -335,17 +335,6 @@ async fn describe_group(c: &mut Client, group: &str, topic: Option<&str>) -> Des
         .into_inner()
 }
 
-async fn list_groups(c: &mut Client, topic: &str) -> Vec<GroupSummary> {
-    let req = ListGroupsRequest {
-        topic: topic.into(),
-    };
-    within("ListGroups", c.list_groups(req))
-        .await
-        .unwrap_or_else(|s| panic!("ListGroups {topic:?}: {s}"))
-        .into_inner()
-        .groups
-}
-
 /// The committed offset of each partition (`None` where never committed).
 async fn committed(c: &mut Client, group: &str, topic: &str) -> Vec<Option<u64>> {
     get_offsets(c, group, topic)

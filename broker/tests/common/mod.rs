@@ -339,6 +339,18 @@ pub async fn append(
         .into_inner()
 }
 
+/// `ListGroups` of `topic` (every topic if empty).
+pub async fn list_groups(c: &mut Client, topic: &str) -> Vec<GroupSummary> {
+    let req = ListGroupsRequest {
+        topic: topic.into(),
+    };
+    within("ListGroups", c.list_groups(req))
+        .await
+        .unwrap_or_else(|s| panic!("ListGroups {topic:?}: {s}"))
+        .into_inner()
+        .groups
+}
+
 /// One Read call.
 pub async fn read(
     c: &mut Client,
