@@ -44,11 +44,21 @@ pub struct OffsetStore {
     /// [`OffsetStore::expire`]. In memory: a restart counts as activity, so a restart can
     /// delay an expiry but never bring one forward.
     activity: Mutex<HashMap<String, i64>>,
+    /// Held by every append to the log, and by compaction from its read of the log to its
+    /// checkpoint, so no commit lands between the two (see [`OffsetStore::compact`]).
+    writes: Mutex<()>,
 }
+
+/// Segments of the offsets log stay small so that compaction while running (which deletes
+/// whole closed segments) keeps the log within a few of them.
+const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Compact when the log holds more records than twice the live commits plus this.
+const SLACK_RECORDS: u64 = 10_000;
 
 fn log_config() -> LogConfig {
     LogConfig {
-        segment_bytes: 64 * 1024 * 1024,
+        segment_bytes: SEGMENT_BYTES,
         durability: Durability::Always,
         max_record_bytes: 64 * 1024,
         ..LogConfig::default()
@@ -58,7 +68,7 @@ fn log_config() -> LogConfig {
 impl OffsetStore {
     /// Opens (and if worthwhile compacts) the offsets log.
     pub fn open(storage: &Storage) -> Result<OffsetStore> {
-        Self::open_with(storage, 10_000)
+        Self::open_with(storage, SLACK_RECORDS)
     }
 
     /// Opens the log, compacting it when it holds more than `2 × live + slack` records.
@@ -82,12 +92,14 @@ impl OffsetStore {
                 log,
                 table: Mutex::new(table),
                 activity: Mutex::default(),
+                writes: Mutex::default(),
             });
         }
         Ok(OffsetStore {
             log,
             table: Mutex::new(table),
             activity: Mutex::default(),
+            writes: Mutex::default(),
         })
     }
 
@@ -118,9 +130,11 @@ impl OffsetStore {
             .iter()
             .map(|&(p, o)| encode(group, topic, p, Some((o, metadata))))
             .collect();
-        let a = self
-            .log
-            .append_unsynced(&records, ProducerStamp::default())?;
+        let a = {
+            let _w = self.writes.lock();
+            self.log
+                .append_unsynced(&records, ProducerStamp::default())?
+        };
         // Visible only once durable: a commit that `GetOffsets`, `DescribeGroup` or a
         // subscription from the committed offset saw must survive a crash, and a failed
         // fsync must leave it unseen.
@@ -197,9 +211,11 @@ impl OffsetStore {
         if tombstones.is_empty() {
             return Ok(());
         }
-        let a = self
-            .log
-            .append_unsynced(&tombstones, ProducerStamp::default())?;
+        let a = {
+            let _w = self.writes.lock();
+            self.log
+                .append_unsynced(&tombstones, ProducerStamp::default())?
+        };
         self.log
             .sync_to(a.base_offset + u64::from(a.record_count))?;
         let mut table = self.table.lock();
@@ -251,9 +267,11 @@ impl OffsetStore {
         if tombstones.is_empty() {
             return Ok(0);
         }
-        let a = self
-            .log
-            .append_unsynced(&tombstones, ProducerStamp::default())?;
+        let a = {
+            let _w = self.writes.lock();
+            self.log
+                .append_unsynced(&tombstones, ProducerStamp::default())?
+        };
         self.log
             .sync_to(a.base_offset + u64::from(a.record_count))?;
         let mut table = self.table.lock();
@@ -275,6 +293,57 @@ impl OffsetStore {
             "expired the committed offsets of groups without members"
         );
         Ok(doomed.len())
+    }
+
+    /// Compacts the log while the broker runs, once it holds more than twice the live
+    /// commits (plus slack) and has a closed segment to drop: the latest commit of every
+    /// partition, read from the log itself (so commits written but still waiting for their
+    /// fsync are included), is appended again as a checkpoint, and every closed segment
+    /// before the point it was read to is deleted. Commits are held off from the read to
+    /// the checkpoint's append, so none lands between them and is overridden on replay by
+    /// an older checkpoint entry. Returns the number of segments deleted. Blocking.
+    pub fn compact(&self) -> Result<usize> {
+        let records = self.log.end_offset() - self.log.start_offset();
+        let live: u64 = self
+            .table
+            .lock()
+            .values()
+            .flat_map(|t| t.values())
+            .map(|p| p.len() as u64)
+            .sum();
+        if self.log.segment_count() < 2 || records <= 2 * live + SLACK_RECORDS {
+            return Ok(0);
+        }
+        let upto = {
+            let _w = self.writes.lock();
+            let upto = self.log.end_offset();
+            let (latest, _) = replay(&self.log)?;
+            let mut batch = Vec::new();
+            for (group, topics) in &latest {
+                for (topic, parts) in topics {
+                    for (p, c) in parts {
+                        batch.push(encode(group, topic, *p, Some((c.offset, &c.metadata))));
+                        if batch.len() == 1000 {
+                            self.log.append_unsynced(&batch, ProducerStamp::default())?;
+                            batch.clear();
+                        }
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.log.append_unsynced(&batch, ProducerStamp::default())?;
+            }
+            upto
+        };
+        self.log.sync()?;
+        let removed = self.log.remove_before(upto)?;
+        tracing::info!(
+            records,
+            live,
+            segments = removed,
+            "compacted the offsets log"
+        );
+        Ok(removed)
     }
 
     /// Groups with committed offsets (for tests and metrics).
@@ -560,5 +629,37 @@ mod tests {
         let store = OffsetStore::open(&storage).unwrap();
         assert_eq!(store.group_count(), 2, "expiry is durable");
         assert_eq!(store.get_one("invented-499", "t", 0), None);
+    }
+
+    #[test]
+    fn compaction_while_running_keeps_the_log_bounded_and_the_latest_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        let store = OffsetStore::open(&storage).unwrap();
+        // 1,000 live partitions, committed 300 times each: 300,000 records, ~20 MiB.
+        let mut largest = 0;
+        for round in 0..300u64 {
+            let commits: Vec<(u32, u64)> = (0..1000).map(|p| (p, round)).collect();
+            store.commit_many("g", "t", &commits, "").unwrap();
+            if round % 10 == 0 {
+                store.compact().unwrap();
+            }
+            largest = largest.max(store.log.size_bytes());
+        }
+        store.compact().unwrap();
+        assert!(
+            largest < 3 * SEGMENT_BYTES,
+            "the offsets log grew to {largest} bytes"
+        );
+        assert!(store.log.start_offset() > 0, "compaction deleted segments");
+        assert_eq!(store.get_one("g", "t", 999), Some(299));
+        drop(store);
+        let store = OffsetStore::open(&storage).unwrap();
+        let got = store.get("g", "t");
+        assert_eq!(got.len(), 1000);
+        assert!(
+            got.values().all(|c| c.offset == 299),
+            "a restart keeps the latest commits"
+        );
     }
 }

@@ -332,6 +332,9 @@ async fn retention_loop(inner: Arc<Inner>) {
             {
                 tracing::error!(error = %e, "expiring committed offsets failed");
             }
+            if let Err(e) = inner.offsets.compact() {
+                tracing::error!(error = %e, "compacting the committed offsets log failed");
+            }
             inner.metrics.retention_runs.inc();
         })
         .await;

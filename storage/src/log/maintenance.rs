@@ -42,6 +42,24 @@ impl Log {
             remaining -= s.len();
             doomed.push(Arc::clone(s));
         }
+        self.remove_oldest(doomed)
+    }
+
+    /// Deletes the closed segments that hold only offsets below `offset` (for a log whose
+    /// owner has rewritten what it still needs past `offset`, as the broker's offsets log
+    /// does when it compacts). Returns the number of segments deleted.
+    pub fn remove_before(&self, offset: u64) -> Result<usize> {
+        let segs: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        let doomed = segs[..segs.len().saturating_sub(1)]
+            .iter()
+            .take_while(|s| s.end() <= offset)
+            .cloned()
+            .collect();
+        self.remove_oldest(doomed)
+    }
+
+    /// Removes `doomed`, the oldest closed segments in order, from the log and the disk.
+    fn remove_oldest(&self, doomed: Vec<Arc<Segment>>) -> Result<usize> {
         let Some(last) = doomed.last() else {
             return Ok(0);
         };
