@@ -89,6 +89,17 @@ pub struct BrokerConfig {
     /// later, as Kafka's `offsets.retention.minutes` does: invented group names cannot grow
     /// the broker's memory forever.
     pub offsets_retention_ms: u64,
+    /// An idempotent producer is forgotten this many milliseconds after its last append
+    /// (by the broker's clock), unless its topic sets `producer_id_expiration_ms`; 0 =
+    /// never. As Kafka's `transactional.id.expiration.ms`: invented producer ids cannot grow
+    /// every partition's producer table forever.
+    pub producer_id_expiration_ms: u64,
+    /// The most idempotent producers one partition remembers; the least recently appending
+    /// is forgotten first.
+    pub max_producers_per_partition: usize,
+    /// The most idempotent producers all partitions together remember (each partition keeps
+    /// at least its newest). About 300 bytes each.
+    pub max_producers: usize,
     /// Most AppendStream requests in flight per stream.
     pub max_in_flight_appends: usize,
     /// Closed segment files mapped at once.
@@ -118,6 +129,9 @@ impl Default for BrokerConfig {
             stream_memory_bytes: 64 * 1024 * 1024,
             retention_check_ms: 60_000,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            producer_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
+            max_producers_per_partition: 10_000,
+            max_producers: 1_000_000,
             max_in_flight_appends: 1024,
             max_mapped_files: 4096,
             topic_defaults: TopicDefaults::default(),
@@ -170,6 +184,9 @@ impl BrokerConfig {
             return Err(
                 "max_partitions, stream_buffer and max_in_flight_appends must be at least 1".into(),
             );
+        }
+        if self.max_producers_per_partition == 0 || self.max_producers == 0 {
+            return Err("max_producers_per_partition and max_producers must be at least 1".into());
         }
         Ok(())
     }

@@ -38,6 +38,16 @@ struct Cli {
     /// in milliseconds [default: 604800000, 7 days].
     #[arg(long, env = "SPOOL_OFFSETS_RETENTION_MS")]
     offsets_retention_ms: Option<u64>,
+    /// How long a partition remembers an idempotent producer after its last append, in
+    /// milliseconds; 0 = until a cap evicts it [default: 604800000, 7 days].
+    #[arg(long, env = "SPOOL_PRODUCER_ID_EXPIRATION_MS")]
+    producer_id_expiration_ms: Option<u64>,
+    /// Most idempotent producers one partition remembers [default: 10000].
+    #[arg(long, env = "SPOOL_MAX_PRODUCERS_PER_PARTITION")]
+    max_producers_per_partition: Option<usize>,
+    /// Most idempotent producers all partitions remember together [default: 1000000].
+    #[arg(long, env = "SPOOL_MAX_PRODUCERS")]
+    max_producers: Option<usize>,
     /// Default fsync policy of new topics: always, interval or never [default: always].
     #[arg(long, env = "SPOOL_FSYNC")]
     fsync: Option<String>,
@@ -101,6 +111,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.offsets_retention_ms {
         config.offsets_retention_ms = v;
+    }
+    if let Some(v) = cli.producer_id_expiration_ms {
+        config.producer_id_expiration_ms = v;
+    }
+    if let Some(v) = cli.max_producers_per_partition {
+        config.max_producers_per_partition = v;
+    }
+    if let Some(v) = cli.max_producers {
+        config.max_producers = v;
     }
     if let Some(v) = cli.fsync {
         config.topic_defaults.fsync = v;

@@ -58,10 +58,23 @@ pub struct TopicSettings {
     pub fsync: Fsync,
     pub fsync_interval_ms: u64,
     pub max_record_bytes: u32,
+    /// An idempotent producer is forgotten after this many milliseconds without appends;
+    /// 0 = never (the caps still apply). Absent in topics created before it existed: the
+    /// broker's setting applies (filled in when the topic is opened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_id_expiration_ms: Option<u64>,
 }
 
 impl TopicSettings {
-    pub fn log_config(&self, max_request_bytes: usize) -> LogConfig {
+    /// The expiration in effect: the topic's own, else the broker's.
+    pub fn producer_expiration_ms(&self, config: &BrokerConfig) -> u64 {
+        self.producer_id_expiration_ms
+            .unwrap_or(config.producer_id_expiration_ms)
+    }
+
+    pub fn log_config(&self, config: &BrokerConfig) -> LogConfig {
+        let max_request_bytes = config.max_request_bytes;
+        let expiration = self.producer_expiration_ms(config);
         LogConfig {
             segment_bytes: self.segment_bytes,
             durability: match self.fsync {
@@ -77,6 +90,8 @@ impl TopicSettings {
             // are backstops that allow for the record framing.
             max_record_bytes: u64::from(self.max_record_bytes) + 1024,
             max_batch_bytes: (max_request_bytes as u64 + 64 * 1024).min(u64::from(u32::MAX)),
+            producer_expiration: (expiration > 0).then(|| Duration::from_millis(expiration)),
+            max_producers: config.max_producers_per_partition.max(1),
             ..LogConfig::default()
         }
     }
@@ -294,6 +309,10 @@ impl Registry {
             fsync,
             fsync_interval_ms: or(req.fsync_interval_ms, d.fsync_interval_ms),
             max_record_bytes,
+            producer_id_expiration_ms: Some(or(
+                req.producer_id_expiration_ms,
+                self.config.producer_id_expiration_ms,
+            )),
         })
     }
 
@@ -387,7 +406,7 @@ impl Registry {
 }
 
 fn open_topic(storage: &Storage, config: &BrokerConfig, meta: TopicMeta) -> Result<Topic> {
-    let log_config = meta.config.log_config(config.max_request_bytes);
+    let log_config = meta.config.log_config(config);
     let mut partitions = Vec::with_capacity(meta.partitions as usize);
     for p in 0..meta.partitions {
         let log = storage.open_log(&format!("topics/{}/{p}", meta.name), log_config.clone())?;
@@ -397,9 +416,11 @@ fn open_topic(storage: &Storage, config: &BrokerConfig, meta: TopicMeta) -> Resu
         }
         partitions.push(Partition::new(p, log));
     }
+    let mut settings = meta.config;
+    settings.producer_id_expiration_ms = Some(settings.producer_expiration_ms(config));
     Ok(Topic {
         name: meta.name,
-        settings: meta.config,
+        settings,
         partitions,
         deleted: CancellationToken::new(),
         round_robin: AtomicU32::new(0),

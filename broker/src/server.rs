@@ -54,6 +54,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     let config = Arc::new(config);
     let storage_config = StorageConfig {
         max_mapped_files: config.max_mapped_files,
+        max_producers: config.max_producers,
     };
     let data_dir = config.data_dir.clone();
     let cfg = Arc::clone(&config);
@@ -318,6 +319,7 @@ async fn retention_loop(inner: Arc<Inner>) {
                     if let Err(e) = p.log.enforce_retention(now) {
                         tracing::error!(topic = %topic.name, partition = p.index, error = %e, "retention failed");
                     }
+                    p.log.expire_producers(now);
                 }
             }
             let active: std::collections::HashSet<String> = inner

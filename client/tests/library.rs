@@ -443,3 +443,40 @@ async fn the_buffer_bounds_unanswered_records_not_calls() {
         .await
         .expect("stored");
 }
+
+#[tokio::test]
+async fn a_producer_the_broker_forgot_fails_one_send_and_goes_on_under_a_new_id() {
+    let broker = TempBroker::start_with(|c| c.max_producers_per_partition = 1).await;
+    let client = connect(&broker.endpoint()).await;
+    client
+        .create_topic("forgetful", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = Producer::new(&client, "forgetful", ProducerOptions::default())
+        .await
+        .unwrap();
+    producer.send(ProducerRecord::new("a")).await.unwrap();
+    // Another producer takes the partition's only slot: ours is evicted.
+    client
+        .append(AppendRequest {
+            topic: "forgetful".into(),
+            partition: Some(0),
+            records: vec![Record {
+                value: Bytes::from_static(b"other"),
+                ..Record::default()
+            }],
+            producer_id: 12_345,
+            sequence: 0,
+            ..AppendRequest::default()
+        })
+        .await
+        .unwrap();
+    let err = producer
+        .send(ProducerRecord::new("b"))
+        .await
+        .expect_err("the forgotten producer's next sequence is refused");
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    // Not stuck: the next record goes out under a fresh producer id.
+    let d = producer.send(ProducerRecord::new("c")).await.unwrap();
+    assert_eq!(d.offset, 2, "nothing of the refused send was appended");
+}

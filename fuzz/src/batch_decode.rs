@@ -10,7 +10,7 @@
 //!   and compared.
 
 use bytes::Bytes;
-use spool_storage::batch::{self, Batch, HEADER_LEN};
+use spool_storage::batch::{self, Batch, HEADER_LEN, MIN_HEADER_LEN};
 use spool_storage::{Header, ProducerStamp, Record};
 
 use crate::input::Reader;
@@ -33,7 +33,7 @@ pub fn run(data: &[u8]) {
 /// Recomputes the CRC of the batch at the start of `buf` over what its length field claims
 /// (cut to the buffer).
 pub fn fix_crc(buf: &mut [u8]) {
-    if buf.len() < HEADER_LEN {
+    if buf.len() < MIN_HEADER_LEN {
         return;
     }
     let length = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
@@ -49,7 +49,7 @@ fn decode_raw(bytes: Vec<u8>) {
     let checked = batch::check(&bytes);
     if let Ok(h) = &header {
         assert!(
-            h.total_len >= HEADER_LEN,
+            h.total_len >= h.header_len(),
             "header shorter than its fixed part"
         );
         assert!(h.record_count > 0, "a batch with zero records was accepted");
@@ -84,7 +84,7 @@ fn decode_raw(bytes: Vec<u8>) {
     assert_eq!(records.len(), batch.header.record_count as usize);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.offset, batch.header.base_offset + i as u64);
-        assert!(bytes.len() >= HEADER_LEN + r.payload_len());
+        assert!(bytes.len() >= batch.header.header_len() + r.payload_len());
     }
     // Decoded records re-encode into a batch that decodes to the same records (the bytes may
     // differ: non-minimal varints and the header's timestamps are not canonicalised).
@@ -103,6 +103,7 @@ fn decode_raw(bytes: Vec<u8>) {
         batch.header.base_offset,
         batch.header.producer,
         &again,
+        batch.header.append_time_ms,
     );
     let reparsed = Batch::parse(&Bytes::from(buf)).expect("a re-encoded batch parses");
     assert_eq!(
@@ -144,7 +145,13 @@ fn round_trip(r: &mut Reader<'_>) {
     let count = 1 + usize::from(r.u8() % 16);
     let records: Vec<Record> = (0..count).map(|_| record(r, 300)).collect();
     let mut buf = Vec::new();
-    let header = batch::encode(&mut buf, base_offset, stamp, &records);
+    let header = batch::encode(
+        &mut buf,
+        base_offset,
+        stamp,
+        &records,
+        stamp.sequence as i64,
+    );
     assert_eq!(header.total_len, buf.len());
     let first_ts = records[0].timestamp_ms;
     let predicted: usize = records
@@ -157,6 +164,7 @@ fn round_trip(r: &mut Reader<'_>) {
         buf.len(),
         "record_encoded_len is exact"
     );
+    let v1 = Bytes::from(batch::as_version_1(&buf));
     let parsed = Batch::parse(&Bytes::from(buf));
     if base_offset.checked_add(count as u64).is_none() {
         // Offsets past u64::MAX cannot exist: the decoder must refuse them, not wrap.
@@ -178,4 +186,9 @@ fn round_trip(r: &mut Reader<'_>) {
         assert_eq!(g.headers, want.headers);
         assert_eq!(g.timestamp_ms, want.timestamp_ms);
     }
+    // The same batch as format version 1 wrote it reads to the same records, its newest
+    // timestamp standing in for the append time it did not store.
+    let old = Batch::parse(&v1).expect("a version 1 batch parses");
+    assert_eq!(old.header.append_time_ms, header.max_timestamp_ms);
+    assert_eq!(old.records().expect("version 1 records decode"), got);
 }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use spool_storage::batch::{self, Batch, HEADER_LEN};
+use spool_storage::batch::{self, Batch, MIN_HEADER_LEN};
 use spool_storage::{
     Durability, Error, LogConfig, ProducerStamp, Record, Storage, StorageConfig, StoredRecord,
 };
@@ -223,7 +223,7 @@ fn write_segment(r: &mut Reader<'_>, dir: &Path, base: u64, oracle: &mut Oracle)
 /// Every position of `data` where a CRC-valid batch with decodable records starts.
 fn learn(data: &[u8], oracle: &mut Oracle) {
     let bytes = Bytes::copy_from_slice(data);
-    for pos in 0..data.len().saturating_sub(HEADER_LEN - 1) {
+    for pos in 0..data.len().saturating_sub(MIN_HEADER_LEN - 1) {
         if data[pos + 12..pos + 16] != batch::MAGIC.to_le_bytes() {
             continue;
         }
@@ -265,7 +265,14 @@ fn log_bytes(r: &mut Reader<'_>, base: u64) -> (Vec<u8>, Vec<(usize, batch::Batc
             1 => expected.wrapping_sub(u64::from(r.u8())),
             _ => expected,
         };
-        let h = batch::encode(&mut buf, at, stamp, &records);
+        // The append time and the version follow from bytes already read, so inputs saved
+        // before they existed still take the paths they found.
+        let mut h = batch::encode(&mut buf, at, stamp, &records, at as i64);
+        // Now and then a batch as format version 1 (no append time) wrote it.
+        if (stamp.sequence + u64::from(count)) % 8 == 7 {
+            buf = batch::as_version_1(&buf);
+            h = batch::decode_header(&buf).expect("a version 1 batch decodes");
+        }
         starts.push((out.len(), h));
         out.extend_from_slice(&buf);
         expected = at.wrapping_add(u64::from(count));
@@ -292,10 +299,10 @@ fn log_bytes(r: &mut Reader<'_>, base: u64) -> (Vec<u8>, Vec<(usize, batch::Batc
 /// Walks `data` by the batches' length fields and gives each a correct CRC.
 fn fix_all_crcs(data: &mut [u8]) {
     let mut pos = 0;
-    while pos + HEADER_LEN <= data.len() {
+    while pos + MIN_HEADER_LEN <= data.len() {
         let length = u32::from_le_bytes(data[pos + 8..pos + 12].try_into().expect("4 bytes"));
         let total = length as usize + 12;
-        if total < HEADER_LEN || pos + total > data.len() {
+        if total < MIN_HEADER_LEN || pos + total > data.len() {
             return;
         }
         let crc = crc32fast::hash(&data[pos + 21..pos + total]);

@@ -177,6 +177,7 @@ fn generated_types_have_the_contract_field_names() {
         fsync: v1::FsyncPolicy::Always.into(),
         fsync_interval_ms: 0,
         max_record_bytes: 0,
+        producer_id_expiration_ms: 0,
     };
     let _ = v1::CreateTopicRequest {
         name: "t".into(),
@@ -322,4 +323,24 @@ fn _generated_server_and_client_paths<T: v1::broker_server::Broker>(
 #[test]
 fn generated_server_name_matches_the_service_name_constant() {
     assert_eq!(v1::broker_server::SERVICE_NAME, BROKER_SERVICE_NAME);
+}
+
+#[test]
+fn topic_config_numbers_the_fields_other_issues_reserved() {
+    let fds = FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("descriptor set decodes");
+    let config = fds
+        .file
+        .iter()
+        .flat_map(|f| &f.message_type)
+        .find(|m| m.name() == "TopicConfig")
+        .expect("TopicConfig");
+    let number = |name: &str| {
+        config
+            .field
+            .iter()
+            .find(|f| f.name() == name)
+            .map(|f| f.number())
+    };
+    assert_eq!(number("producer_id_expiration_ms"), Some(11));
+    assert_eq!(number("max_record_bytes"), Some(6));
 }

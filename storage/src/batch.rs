@@ -7,7 +7,7 @@
 //! 0   u64 base_offset
 //! 8   u32 length            bytes after this field
 //! 12  u32 magic             "SPLB"
-//! 16  u8  version           1
+//! 16  u8  version           2 (1 is still read)
 //! 17  u32 crc32             crc32fast over bytes 21..12+length
 //! 21  u16 attributes        bits 0-2 compression codec (0 = none), others zero
 //! 23  u32 record_count
@@ -16,7 +16,8 @@
 //! 43  u64 producer_id       0 = not idempotent
 //! 51  u16 producer_epoch
 //! 53  u64 sequence          per batch, not per record
-//! 61  records...
+//! 61  i64 append_time_ms    the broker's clock when it appended the batch (version 2)
+//! 69  records...            (at 61 in version 1)
 //! ```
 //!
 //! Each record: varint body length, then varint offset delta, zigzag-varint timestamp delta
@@ -25,12 +26,15 @@
 
 use bytes::Bytes;
 
-/// Bytes of the fixed batch header.
-pub const HEADER_LEN: usize = 61;
+/// Bytes of the fixed batch header this build writes (version 2).
+pub const HEADER_LEN: usize = 69;
+/// Bytes of the shortest header any readable version has (version 1): the least a scan for
+/// a batch must find before it can read the version.
+pub const MIN_HEADER_LEN: usize = 61;
 /// `"SPLB"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SPLB");
-/// The only format version this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The format version this build writes. Version 1 (no append time) is still read.
+pub const VERSION: u8 = 2;
 /// Offset of the first byte the CRC covers.
 const CRC_START: usize = 21;
 /// Compression codecs live in the low three bits of `attributes`.
@@ -95,9 +99,24 @@ pub struct BatchHeader {
     pub first_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
     pub producer: ProducerStamp,
+    /// The format version the batch was written in.
+    pub version: u8,
+    /// The broker's clock when it appended the batch, which retention and producer expiry
+    /// measure from (client timestamps may lie). Version 1 did not store it: there it is
+    /// the batch's newest record timestamp, the best estimate such a batch has.
+    pub append_time_ms: i64,
 }
 
 impl BatchHeader {
+    /// Bytes of this batch's fixed header: where its records start.
+    pub fn header_len(&self) -> usize {
+        if self.version == 1 {
+            MIN_HEADER_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
     /// The offset after this batch's last record.
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)
@@ -123,7 +142,8 @@ pub enum BatchError {
     BadRecord(&'static str),
 }
 
-/// Encodes one batch into `out` (cleared first) and returns its header.
+/// Encodes one batch into `out` (cleared first) and returns its header; `append_time_ms` is
+/// the broker's clock at the append.
 ///
 /// `records` must not be empty; the caller checks size limits.
 pub fn encode(
@@ -131,6 +151,7 @@ pub fn encode(
     base_offset: u64,
     producer: ProducerStamp,
     records: &[Record],
+    append_time_ms: i64,
 ) -> BatchHeader {
     out.clear();
     let first_ts = records.first().map_or(0, |r| r.timestamp_ms);
@@ -166,6 +187,8 @@ pub fn encode(
         first_timestamp_ms: first_ts,
         max_timestamp_ms: max_ts,
         producer,
+        version: VERSION,
+        append_time_ms,
     };
     out[0..8].copy_from_slice(&base_offset.to_le_bytes());
     out[8..12].copy_from_slice(&((total_len - 12) as u32).to_le_bytes());
@@ -178,9 +201,22 @@ pub fn encode(
     out[43..51].copy_from_slice(&producer.producer_id.to_le_bytes());
     out[51..53].copy_from_slice(&producer.producer_epoch.to_le_bytes());
     out[53..61].copy_from_slice(&producer.sequence.to_le_bytes());
+    out[61..69].copy_from_slice(&append_time_ms.to_le_bytes());
     let crc = crc32fast::hash(&out[CRC_START..]);
     out[17..21].copy_from_slice(&crc.to_le_bytes());
     BatchHeader { crc, ..header }
+}
+
+/// The bytes format version 1 would have written for the version 2 batch `v2` (no append
+/// time): for tests and fuzzing of data written by older builds.
+pub fn as_version_1(v2: &[u8]) -> Vec<u8> {
+    let mut v1 = [&v2[..MIN_HEADER_LEN], &v2[HEADER_LEN..]].concat();
+    v1[16] = 1;
+    let len = (v1.len() - 12) as u32;
+    v1[8..12].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&v1[CRC_START..]);
+    v1[17..21].copy_from_slice(&crc.to_le_bytes());
+    v1
 }
 
 /// Exact encoded size of one record (length prefix included), for limit checks.
@@ -205,26 +241,38 @@ fn record_body_len(r: &Record, index: usize, first_ts: i64) -> usize {
 /// Decodes the fixed header at the start of `buf` and checks length, magic, version and
 /// attributes, but not the CRC (see [`check`]).
 pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
-    if buf.len() < HEADER_LEN {
+    if buf.len() < MIN_HEADER_LEN {
         return Err(BatchError::Truncated {
-            needed: HEADER_LEN,
+            needed: MIN_HEADER_LEN,
             available: buf.len(),
         });
     }
     let length = le_u32(buf, 8);
-    if (length as usize) < HEADER_LEN - 12 {
+    if (length as usize) < MIN_HEADER_LEN - 12 {
         return Err(BatchError::BadLength(length));
     }
     let magic = le_u32(buf, 12);
     if magic != MAGIC {
         return Err(BatchError::BadMagic(magic));
     }
-    if buf[16] != VERSION {
-        return Err(BatchError::BadVersion(buf[16]));
+    let version = buf[16];
+    let header_len = match version {
+        1 => MIN_HEADER_LEN,
+        VERSION => HEADER_LEN,
+        v => return Err(BatchError::BadVersion(v)),
+    };
+    if (length as usize) < header_len - 12 {
+        return Err(BatchError::BadLength(length));
+    }
+    if buf.len() < header_len {
+        return Err(BatchError::Truncated {
+            needed: header_len,
+            available: buf.len(),
+        });
     }
     let attributes = u16::from_le_bytes([buf[21], buf[22]]);
     if attributes & !CODEC_MASK != 0 || attributes & CODEC_MASK != 0 {
-        // Only "no compression" exists in version 1; the bits are reserved for codecs.
+        // Only "no compression" exists in versions 1 and 2; the bits are reserved for codecs.
         return Err(BatchError::BadAttributes(attributes));
     }
     let record_count = le_u32(buf, 23);
@@ -237,6 +285,7 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         // such a header made `records` and `next_offset` overflow).
         return Err(BatchError::BadRecord("offsets run past u64::MAX"));
     }
+    let max_timestamp_ms = le_u64(buf, 35) as i64;
     Ok(BatchHeader {
         base_offset,
         total_len: length as usize + 12,
@@ -244,11 +293,17 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         attributes,
         record_count,
         first_timestamp_ms: le_u64(buf, 27) as i64,
-        max_timestamp_ms: le_u64(buf, 35) as i64,
+        max_timestamp_ms,
         producer: ProducerStamp {
             producer_id: le_u64(buf, 43),
             producer_epoch: u16::from_le_bytes([buf[51], buf[52]]),
             sequence: le_u64(buf, 53),
+        },
+        version,
+        append_time_ms: if version == 1 {
+            max_timestamp_ms
+        } else {
+            le_u64(buf, 61) as i64
         },
     })
 }
@@ -293,12 +348,13 @@ impl Batch {
     pub fn records(&self) -> Result<Vec<StoredRecord>, BatchError> {
         // `record_count` comes from disk: every record takes at least one byte, so the
         // bytes bound it (found by fuzzing: a count of 2^26 in a tiny batch allocated GiBs).
+        let start = self.header.header_len();
         let mut out = Vec::with_capacity(
-            (self.header.record_count as usize).min(self.bytes.len().saturating_sub(HEADER_LEN)),
+            (self.header.record_count as usize).min(self.bytes.len().saturating_sub(start)),
         );
         let mut cur = Cursor {
             buf: &self.bytes,
-            pos: HEADER_LEN,
+            pos: start,
         };
         for i in 0..self.header.record_count {
             let len = cur.varint()? as usize;
@@ -460,7 +516,8 @@ mod tests {
             sequence: 41,
         };
         let mut buf = Vec::new();
-        let h = encode(&mut buf, 100, stamp, &records);
+        let h = encode(&mut buf, 100, stamp, &records, 5000);
+        assert_eq!(h.append_time_ms, 5000);
         assert_eq!(h.total_len, buf.len());
         assert_eq!(h.max_timestamp_ms, 2000);
         assert_eq!(h.first_timestamp_ms, 1000);
@@ -482,7 +539,7 @@ mod tests {
     fn record_encoded_len_matches_encoding() {
         let records = vec![rec("key", &"x".repeat(300), 5), rec("k", "v", -100)];
         let mut buf = Vec::new();
-        encode(&mut buf, 0, ProducerStamp::default(), &records);
+        encode(&mut buf, 0, ProducerStamp::default(), &records, 0);
         let predicted: usize = records
             .iter()
             .enumerate()
@@ -494,7 +551,13 @@ mod tests {
     #[test]
     fn every_single_byte_flip_is_detected() {
         let mut buf = Vec::new();
-        encode(&mut buf, 5, ProducerStamp::default(), &[rec("a", "b", 1)]);
+        encode(
+            &mut buf,
+            5,
+            ProducerStamp::default(),
+            &[rec("a", "b", 1)],
+            9,
+        );
         for i in 8..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x40;
@@ -505,10 +568,34 @@ mod tests {
     #[test]
     fn truncated_batches_are_rejected() {
         let mut buf = Vec::new();
-        encode(&mut buf, 0, ProducerStamp::default(), &[rec("a", "b", 1)]);
+        encode(
+            &mut buf,
+            0,
+            ProducerStamp::default(),
+            &[rec("a", "b", 1)],
+            9,
+        );
         for len in 0..buf.len() {
             assert!(check(&buf[..len]).is_err(), "accepted a batch cut at {len}");
         }
+    }
+
+    #[test]
+    fn version_1_batches_read_with_their_newest_timestamp_as_append_time() {
+        let records = vec![rec("k", "v", 700), rec("k2", "v2", 900)];
+        let mut buf = Vec::new();
+        encode(&mut buf, 3, ProducerStamp::default(), &records, 123_456);
+        let v1 = Bytes::from(as_version_1(&buf));
+        let batch = Batch::parse(&v1).unwrap();
+        assert_eq!(batch.header.version, 1);
+        assert_eq!(batch.header.header_len(), MIN_HEADER_LEN);
+        assert_eq!(batch.header.append_time_ms, 900);
+        let got = batch.records().unwrap();
+        assert_eq!(got[1].value, records[1].value);
+        assert_eq!(got[1].offset, 4);
+        let mut v3 = buf.clone();
+        v3[16] = 3;
+        assert_eq!(check(&v3), Err(BatchError::BadVersion(3)));
     }
 
     #[test]

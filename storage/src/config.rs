@@ -9,6 +9,9 @@ pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 /// The largest segment: index entries hold 32-bit byte positions.
 pub const MAX_SEGMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024 - 1;
 
+/// How long an idempotent producer is remembered without appending, by default (7 days).
+pub const DEFAULT_PRODUCER_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// When an append reaches the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -40,6 +43,12 @@ pub struct LogConfig {
     pub max_record_bytes: u64,
     /// Largest encoded batch accepted.
     pub max_batch_bytes: u64,
+    /// An idempotent producer is forgotten once it has not appended for this long (by the
+    /// broker's clock); `None` keeps producers until the caps evict them.
+    pub producer_expiration: Option<Duration>,
+    /// The most idempotent producers the log remembers; the least recently appending one
+    /// is forgotten first.
+    pub max_producers: usize,
 }
 
 impl Default for LogConfig {
@@ -53,6 +62,8 @@ impl Default for LogConfig {
             retention: None,
             max_record_bytes: 1024 * 1024,
             max_batch_bytes: 64 * 1024 * 1024,
+            producer_expiration: Some(DEFAULT_PRODUCER_EXPIRATION),
+            max_producers: 10_000,
         }
     }
 }
@@ -104,12 +115,16 @@ pub struct StorageConfig {
     /// Closed segment and index files mapped at once, least recently used released first.
     /// Bounds `vm.max_map_count` use however many partitions and segments exist.
     pub max_mapped_files: usize,
+    /// The most idempotent producers all logs together remember (each log keeps at least
+    /// its newest). About 300 bytes each.
+    pub max_producers: usize,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             max_mapped_files: 4096,
+            max_producers: 1_000_000,
         }
     }
 }

@@ -90,6 +90,18 @@ pub enum Error {
         got: u64,
         oldest: u64,
     },
+    /// A sequence above 0 from a producer id this log does not know: never seen, or
+    /// forgotten (expired or evicted), so whether it is a retry cannot be told.
+    #[error(
+        "producer {producer_id} is not known to this partition (it never appended here, or was forgotten after producer_id_expiration_ms without appends or evicted by max_producers_per_partition), so sequence {sequence} cannot be checked for duplicates; start again with a new producer id at sequence 0"
+    )]
+    UnknownProducer { producer_id: u64, sequence: u64 },
+    /// A sequence 0 from a producer id this log forgot (or, rarely, one its bounded filter
+    /// of forgotten ids mistakes for one): it may be a retry of a batch already appended.
+    #[error(
+        "producer {producer_id} was forgotten by this partition (expired or evicted), so its sequence 0 may be a retry of a batch already appended; choose a new producer id"
+    )]
+    ForgottenProducer { producer_id: u64 },
     /// The offsets of an append would pass `u64::MAX`.
     #[error("the log's end offset {end} leaves no room for more records")]
     LogFull { end: u64 },

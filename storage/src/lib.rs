@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     flusher: flusher::Flusher,
     on_failure: parking_lot::RwLock<Option<FailureHook>>,
+    /// Idempotent producers remembered by all logs, and the cap on them.
+    producers: std::sync::atomic::AtomicUsize,
+    max_producers: usize,
 }
 
 impl Shared {
@@ -107,6 +110,8 @@ impl Storage {
                 next_id: AtomicU64::new(1),
                 flusher,
                 on_failure: parking_lot::RwLock::new(None),
+                producers: std::sync::atomic::AtomicUsize::new(0),
+                max_producers: config.max_producers,
             }),
             _lock: lock,
         })

@@ -59,6 +59,8 @@ pub struct Segment {
     end: AtomicU64,
     /// Newest timestamp in the segment, or `UNKNOWN_TS`.
     max_ts: AtomicI64,
+    /// The broker's append time of the newest batch, or `UNKNOWN_TS` until asked for.
+    last_append: AtomicI64,
     active: RwLock<Option<ActiveIndex>>,
     file: Mutex<Option<ActiveFile>>,
 }
@@ -91,6 +93,7 @@ impl Segment {
             len: AtomicU64::new(len),
             end: AtomicU64::new(end),
             max_ts: AtomicI64::new(UNKNOWN_TS),
+            last_append: AtomicI64::new(UNKNOWN_TS),
             active: RwLock::new(None),
             file: Mutex::new(None),
         }
@@ -118,6 +121,7 @@ impl Segment {
             len: AtomicU64::new(len),
             end: AtomicU64::new(end),
             max_ts: AtomicI64::new(max_ts),
+            last_append: AtomicI64::new(UNKNOWN_TS),
             active: RwLock::new(Some(index)),
             file: Mutex::new(Some(ActiveFile { file, map: None })),
         }
@@ -136,10 +140,12 @@ impl Segment {
     }
 
     /// Publishes a batch the writer has put in place: first the bytes, then the offsets.
-    pub fn publish(&self, len: u64, end: u64, max_ts: i64) {
+    pub fn publish(&self, len: u64, end: u64, h: &BatchHeader) {
         self.len.store(len, Ordering::Release);
         self.end.store(end, Ordering::Release);
-        self.max_ts.fetch_max(max_ts, Ordering::AcqRel);
+        self.max_ts.fetch_max(h.max_timestamp_ms, Ordering::AcqRel);
+        self.last_append
+            .fetch_max(h.append_time_ms, Ordering::AcqRel);
     }
 
     /// Adds index entries of the active segment (after the batch is published).
@@ -280,6 +286,42 @@ impl Segment {
         };
         self.max_ts.fetch_max(ts, Ordering::AcqRel);
         ts
+    }
+
+    /// The broker's append time of the segment's newest batch (`UNKNOWN_TS` when empty or
+    /// unreadable): what age retention measures, since record timestamps come from clients.
+    /// Format version 1 did not store it: a segment ending in such a batch falls back to
+    /// its newest record timestamp. Found from the last indexed batch, then cached.
+    pub fn newest_append_time(&self, cache: &MapCache) -> i64 {
+        let known = self.last_append.load(Ordering::Acquire);
+        let end = self.end();
+        if known != UNKNOWN_TS || end == self.base {
+            return known;
+        }
+        let Ok(data) = self.data(cache) else {
+            return UNKNOWN_TS;
+        };
+        let s = self.locate(cache, &data, end - 1);
+        let (mut pos, mut expected, mut last) = (s.pos, s.offset, None);
+        while expected < end {
+            match hop(&data, pos) {
+                Ok(h) if h.base_offset == expected => {
+                    pos += h.total_len;
+                    expected = h.next_offset();
+                    last = Some(h);
+                }
+                _ => {
+                    last = None;
+                    break;
+                }
+            }
+        }
+        let t = match last {
+            Some(h) if h.version > 1 => h.append_time_ms,
+            _ => self.max_timestamp(cache),
+        };
+        self.last_append.fetch_max(t, Ordering::AcqRel);
+        t
     }
 
     /// Offset where a scan for the first record at or after `ts` may start.
@@ -581,7 +623,7 @@ pub fn resync(
 ) -> Option<(usize, BatchHeader)> {
     let magic = batch::MAGIC.to_le_bytes();
     let mut pos = from + 1;
-    while pos + batch::HEADER_LEN <= data.len() {
+    while pos + batch::MIN_HEADER_LEN <= data.len() {
         // The base offset lies outside the CRC: besides the range, it must be reachable
         // from `min_offset` through the skipped bytes (every record takes at least a byte),
         // so a damaged base offset is never believed.

@@ -115,6 +115,7 @@ fn a_thousand_logs_stay_within_map_and_descriptor_bounds() {
     let root = dir.path().canonicalize().unwrap();
     let storage_config = StorageConfig {
         max_mapped_files: MAX_MAPPED,
+        ..StorageConfig::default()
     };
     let value = Bytes::from(vec![b'x'; 1000]);
     let end = BATCHES * PER_BATCH;

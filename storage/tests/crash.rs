@@ -181,7 +181,14 @@ fn write_log(config: &LogConfig, after_last_entry: usize) -> Written {
     for (i, &pos) in starts.iter().enumerate() {
         let (b, records) = &batches[first_in_last + i];
         let mut want = Vec::new();
-        spool_storage::batch::encode(&mut want, *b, ProducerStamp::default(), records);
+        let stored = spool_storage::batch::decode_header(&data[pos..]).unwrap();
+        spool_storage::batch::encode(
+            &mut want,
+            *b,
+            ProducerStamp::default(),
+            records,
+            stored.append_time_ms,
+        );
         assert_eq!(&data[pos..pos + want.len()], &want[..], "batch {b} bytes");
     }
     Written {

@@ -42,6 +42,7 @@ fn batch_decode_refuses_offsets_past_u64_max() {
         u64::MAX - 1,
         ProducerStamp::default(),
         &[record.clone(), record],
+        0,
     );
     assert_eq!(
         Batch::parse(&Bytes::from(buf)).err(),
@@ -123,6 +124,7 @@ fn read_does_not_serve_a_batch_past_its_segment_end() {
         0,
         ProducerStamp::default(),
         &[stale.clone(), stale],
+        0,
     );
     std::fs::write(log_dir.join(format!("{:020}.log", 0)), &buf).unwrap();
     std::fs::write(log_dir.join(format!("{:020}.log", 1)), b"").unwrap();
@@ -160,7 +162,7 @@ fn recovery_skips_index_entry_past_u64_max() {
     let log_dir = dir.path().join("l");
     std::fs::create_dir_all(&log_dir).unwrap();
     let mut buf = Vec::new();
-    batch::encode(&mut buf, base, ProducerStamp::default(), &[one_record()]);
+    batch::encode(&mut buf, base, ProducerStamp::default(), &[one_record()], 0);
     std::fs::write(log_dir.join(format!("{base:020}.log")), &buf).unwrap();
     let mut index = 100u32.to_le_bytes().to_vec();
     index.extend_from_slice(&0u32.to_le_bytes());
@@ -192,7 +194,7 @@ fn recovery_of_a_log_ending_at_u64_max_with_a_damaged_tail_does_not_panic() {
     let log_dir = dir.path().join("l");
     std::fs::create_dir_all(&log_dir).unwrap();
     let mut buf = Vec::new();
-    batch::encode(&mut buf, base, ProducerStamp::default(), &[one_record()]);
+    batch::encode(&mut buf, base, ProducerStamp::default(), &[one_record()], 0);
     buf.extend_from_slice(b"not a batch");
     std::fs::write(log_dir.join(format!("{base:020}.log")), &buf).unwrap();
     let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
@@ -217,7 +219,7 @@ fn records_of_a_batch_claiming_billions_do_not_allocate_for_them() {
         ..Record::default()
     };
     let mut buf = Vec::new();
-    batch::encode(&mut buf, 0, ProducerStamp::default(), &[record]);
+    batch::encode(&mut buf, 0, ProducerStamp::default(), &[record], 0);
     buf[23..27].copy_from_slice(&u32::MAX.to_le_bytes());
     let crc = crc32fast::hash(&buf[21..]);
     buf[17..21].copy_from_slice(&crc.to_le_bytes());
@@ -323,7 +325,7 @@ fn acknowledged_append_survives_reopen_after_index_claims_a_wrong_first_offset()
     let log_dir = dir.path().join("l");
     std::fs::create_dir_all(&log_dir).unwrap();
     let mut buf = Vec::new();
-    batch::encode(&mut buf, 195, ProducerStamp::default(), &[one_record()]);
+    batch::encode(&mut buf, 195, ProducerStamp::default(), &[one_record()], 0);
     std::fs::write(log_dir.join(format!("{:020}.log", 0)), &buf).unwrap();
     let mut index = 195u32.to_le_bytes().to_vec();
     index.extend_from_slice(&0u32.to_le_bytes());

@@ -89,6 +89,7 @@ pub fn topic_info(t: &Topic) -> v1::TopicInfo {
             } as i32,
             fsync_interval_ms: s.fsync_interval_ms,
             max_record_bytes: s.max_record_bytes,
+            producer_id_expiration_ms: s.producer_id_expiration_ms.unwrap_or_default(),
         }),
         partition_info: t
             .partitions

@@ -47,6 +47,8 @@ fn storage_code(e: &StorageError) -> Code {
         StorageError::NotBatchBoundary { .. } => Code::InvalidArgument,
         StorageError::SequenceGap { .. } => Code::FailedPrecondition,
         StorageError::SequenceTooOld { .. } => Code::FailedPrecondition,
+        StorageError::UnknownProducer { .. } => Code::FailedPrecondition,
+        StorageError::ForgottenProducer { .. } => Code::FailedPrecondition,
         StorageError::Poisoned { .. } => Code::Unavailable,
         StorageError::LogFull { .. } => Code::ResourceExhausted,
         StorageError::InvalidName { .. } => Code::InvalidArgument,

@@ -42,7 +42,8 @@ pub struct CreateArgs {
     /// Most bytes one partition keeps; the oldest segments go first.
     #[arg(long, value_name = "BYTES")]
     retention_bytes: Option<u64>,
-    /// Remove a segment once its newest record is older than this, in milliseconds.
+    /// Remove a segment once its newest batch was appended longer ago than this (broker
+    /// clock), in milliseconds.
     #[arg(long, value_name = "MS")]
     retention_ms: Option<u64>,
     /// Size at which a partition rolls to a new segment file (at least 64 KiB).
@@ -57,6 +58,9 @@ pub struct CreateArgs {
     /// Largest record accepted (key, value and headers together), in bytes.
     #[arg(long, value_name = "BYTES")]
     max_record_bytes: Option<u32>,
+    /// Forget an idempotent producer after this long without appends, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    producer_id_expiration_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -96,6 +100,7 @@ async fn create(client: &Client, a: CreateArgs) -> anyhow::Result<()> {
         fsync: fsync as i32,
         fsync_interval_ms: a.fsync_interval_ms.unwrap_or(0),
         max_record_bytes: a.max_record_bytes.unwrap_or(0),
+        producer_id_expiration_ms: a.producer_id_expiration_ms.unwrap_or(0),
     };
     let info = client.create_topic(&a.name, a.partitions, config).await?;
     println!(
@@ -138,6 +143,13 @@ fn records(info: &TopicInfo) -> u64 {
         .sum()
 }
 
+fn duration_ms(ms: u64) -> String {
+    format!(
+        "{ms} ({})",
+        humantime::format_duration(std::time::Duration::from_millis(ms))
+    )
+}
+
 async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
     let info = client.describe_topic(name).await?;
     let c = info.config.unwrap_or_default();
@@ -150,20 +162,16 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
             "retention-bytes",
             output::limit(c.retention_bytes, output::bytes),
         ),
-        (
-            "retention-ms",
-            output::limit(c.retention_ms, |ms| {
-                format!(
-                    "{ms} ({})",
-                    humantime::format_duration(std::time::Duration::from_millis(ms))
-                )
-            }),
-        ),
+        ("retention-ms", output::limit(c.retention_ms, duration_ms)),
         ("segment-bytes", output::bytes(c.segment_bytes)),
         ("fsync", output::fsync(c.fsync, c.fsync_interval_ms)),
         (
             "max-record-bytes",
             output::limit(u64::from(c.max_record_bytes), output::bytes),
+        ),
+        (
+            "producer-id-expiration-ms",
+            output::limit(c.producer_id_expiration_ms, duration_ms),
         ),
     ];
     for (k, v) in rows {

@@ -417,6 +417,8 @@ impl Actor {
                 // the first unanswered batch was refused and nothing after it appended. Any
                 // other failure leaves their outcome unknown: resend them all, as they are.
                 let from_broker = std::error::Error::source(&status).is_none();
+                let forgotten = status.code() == tonic::Code::FailedPrecondition
+                    && status.message().contains(FORGOTTEN_MARK);
                 let e = self.client.error(status);
                 if e.is_retriable() || !from_broker {
                     self.down_since.get_or_insert_with(Instant::now);
@@ -440,10 +442,19 @@ impl Actor {
                 let n = b.records.len();
                 b.replies.into_iter().for_each(|r| r.fail(&e));
                 self.room.add_permits(n);
+                if forgotten && self.options.idempotent {
+                    // The partition forgot this producer (it expired or was evicted): every
+                    // later sequence would be refused too. Go on under a new id.
+                    self.fail_everything(e);
+                }
             }
         }
     }
 }
+
+/// What the broker's refusal of a forgotten (expired or evicted) or unknown producer says
+/// (see `AppendRequest` in spool.proto).
+const FORGOTTEN_MARK: &str = "new producer id";
 
 /// Closes the producer's room when its task ends, so waiting callers get
 /// [`Error::Closed`] instead of waiting forever.

@@ -72,6 +72,7 @@ impl Log {
                 max: self.config.max_batch_bytes,
             });
         }
+        let append_ms = super::producers::wall_clock_ms();
         let mut w = self.writer.lock();
         let end = self.end.load(Ordering::Acquire);
         if end.checked_add(records.len() as u64).is_none() {
@@ -100,11 +101,14 @@ impl Log {
             }
             Verdict::Append => {
                 let mut buf = std::mem::take(&mut w.scratch);
-                let header = batch::encode(&mut buf, end, producer, records);
+                let header = batch::encode(&mut buf, end, producer, records, append_ms);
                 let written = self.write_batch(&mut w, &buf, &header);
                 w.scratch = buf;
                 written?;
                 w.producers.observe(&header);
+                if producer.producer_id != 0 {
+                    self.bound_producers(&mut w, append_ms);
+                }
                 drop(w);
                 self.notify(header.next_offset());
                 Appended {
@@ -147,7 +151,7 @@ impl Log {
         let pos = w.pos;
         w.pos += len;
         let (offset_entry, time_entry) = w.index.observe(pos, (h.base_offset - seg.base) as u32, h);
-        seg.publish(w.pos, h.next_offset(), h.max_timestamp_ms);
+        seg.publish(w.pos, h.next_offset(), h);
         seg.push_index(offset_entry, time_entry);
         self.write_index_entries(w, offset_entry, time_entry);
         self.end.store(h.next_offset(), Ordering::Release);

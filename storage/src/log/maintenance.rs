@@ -14,14 +14,16 @@ use super::{Damage, Log, Writer, rewrite, sync_dir};
 
 impl Log {
     /// Deletes whole closed segments that retention no longer keeps: the oldest while the
-    /// log would still hold `retention_bytes` without them, and those whose newest record
-    /// is older than `retention`. Returns the number of segments deleted.
+    /// log would still hold `retention_bytes` without them, and those whose newest batch was
+    /// appended longer than `retention` before `now_ms` (by the broker's clock: a record
+    /// stamped in the future by its client keeps nothing). Returns the number of segments
+    /// deleted.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
         if self.config.retention_bytes.is_none() && self.config.retention.is_none() {
             return Ok(0);
         }
         // Which segments go is decided without the writer lock (a closed segment's size and
-        // newest timestamp never change, and reading the latter may map its time index).
+        // newest append time never change, and reading the latter may map its index).
         let segs: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
         let mut remaining: u64 = segs.iter().map(|s| s.len()).sum();
         let mut doomed = Vec::new();
@@ -31,7 +33,7 @@ impl Log {
                 .retention_bytes
                 .is_some_and(|max| remaining.saturating_sub(s.len()) >= max);
             let by_age = self.config.retention.is_some_and(|age| {
-                let newest = s.max_timestamp(&self.shared.cache);
+                let newest = s.newest_append_time(&self.shared.cache);
                 newest != i64::MIN
                     && newest
                         < now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))

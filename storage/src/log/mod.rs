@@ -7,11 +7,12 @@
 //!
 //! `mod.rs` holds the types, opening and closing; the rest of `impl Log` lives by concern in
 //! `append.rs` (appends, index entries, rolls), `sync.rs` (fsyncs and the durable offset),
-//! `read.rs` (reads by offset and time) and `maintenance.rs` (retention, truncation,
-//! verification).
+//! `read.rs` (reads by offset and time), `producers.rs` (bounds on the idempotent producer
+//! table) and `maintenance.rs` (retention, truncation, verification).
 
 mod append;
 mod maintenance;
+mod producers;
 mod read;
 mod sync;
 
@@ -95,6 +96,8 @@ struct Writer {
     snapshot_pos: u64,
     index: IndexBuilder,
     producers: ProducerTable,
+    /// `producers.len()` as last added to the storage-wide count.
+    counted_producers: usize,
     scratch: Vec<u8>,
 }
 
@@ -238,6 +241,7 @@ impl Log {
         // A snapshot (derived data) may remember batches the log no longer holds: forget
         // them, so a retry is never answered with offsets that do not exist.
         producers.truncate(tail.end);
+        producers.stamp_unknown(producers::wall_clock_ms());
         // What recovery kept may be only in the page cache (the process, not the machine,
         // went down): make it durable before calling it so.
         file.sync_data()
@@ -273,7 +277,7 @@ impl Log {
             scanned_batches: tail.scanned_batches,
             recovery_time: began.elapsed(),
         };
-        Ok(Log {
+        let log = Log {
             name,
             dir,
             shared,
@@ -290,6 +294,7 @@ impl Log {
                 snapshot_pos: tail.len,
                 index,
                 producers,
+                counted_producers: 0,
                 scratch: Vec::new(),
             }),
             segments: RwLock::new(segments),
@@ -309,7 +314,12 @@ impl Log {
             unsynced: Mutex::new(Vec::new()),
             report,
             config,
-        })
+        };
+        // Recovered producers count against the bounds too (an older build kept them all).
+        let mut w = log.writer.lock();
+        log.bound_producers(&mut w, producers::wall_clock_ms());
+        drop(w);
+        Ok(log)
     }
 
     /// The log's name within its storage.

@@ -86,9 +86,43 @@ fn retention_by_bytes_deletes_oldest_segments_and_moves_start() {
         Err(crate::Error::OffsetOutOfRange { start: s, .. }) if s == start
     ));
     assert_eq!(log.read(start, 1, 1).unwrap()[0].offset, start);
-    // Every record is older than an hour at "now" = 2 hours: all closed segments go.
-    log.enforce_retention(2 * 3600 * 1000).unwrap();
+    // Every batch was appended more than an hour before "now" = 2 hours from now: all
+    // closed segments go.
+    log.enforce_retention(now_ms() + 2 * 3600 * 1000).unwrap();
     assert_eq!(log.segment_count(), 1);
+}
+
+fn now_ms() -> i64 {
+    super::producers::wall_clock_ms()
+}
+
+#[test]
+fn age_retention_measures_the_broker_append_time_not_client_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let config = LogConfig {
+        retention: Some(Duration::from_secs(3600)),
+        ..small_config()
+    };
+    let log = storage.open_log("t/0", config).unwrap();
+    // Stamped 100 years ahead by their client, and 100 years back.
+    let future = now_ms() + 100 * 365 * 24 * 3600 * 1000;
+    for i in 0..1500 {
+        let ts = if i % 2 == 0 { future } else { 1 };
+        log.append(&[record(i, ts)], ProducerStamp::default())
+            .unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    // Appended just now: nothing is an hour old yet, however old the records claim to be.
+    assert_eq!(log.enforce_retention(now_ms()).unwrap(), 0);
+    // An hour and a bit later every closed segment goes, however new they claim to be.
+    let later = now_ms() + 3600 * 1000 + 1000;
+    assert!(log.enforce_retention(later).unwrap() > 0);
+    assert_eq!(log.segment_count(), 1);
+    // Reads and seeks still see the client timestamps.
+    let start = log.start_offset();
+    let first = &log.read(start, 1, 1 << 20).unwrap()[0];
+    assert!(first.timestamp_ms == future || first.timestamp_ms == 1);
 }
 
 #[test]
