@@ -67,3 +67,59 @@ async fn a_stalled_fsync_does_not_stall_the_runtime() {
         "only {ticks} timer ticks ran during a 1.5 s stalled fsync"
     );
 }
+
+/// With a blocking pool of two threads, twenty durable appends wait on one stalled fsync
+/// while another topic is still written and read: the waits hold no thread (if each parked
+/// a blocking thread, as a condition-variable wait does, the pool would be exhausted and
+/// nothing else could touch the disk until the stall ended).
+#[test]
+fn appends_waiting_on_a_stalled_fsync_leave_the_blocking_pool_free() {
+    const WAITING: u64 = 20;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let broker = TempBroker::start().await;
+        let mut c = Client::connect(broker.endpoint()).await.unwrap();
+        create_topic(&mut c, "slow", 1, FsyncPolicy::Always).await;
+        create_topic(&mut c, "fast", 1, FsyncPolicy::Never).await;
+        faults::stall(
+            &broker.data_dir().join("topics/slow"),
+            Op::Sync,
+            1,
+            Duration::from_secs(5),
+        );
+        let finished = Arc::new(AtomicU64::new(0));
+        for i in 0..WAITING {
+            let mut c = c.clone();
+            let finished = Arc::clone(&finished);
+            tokio::spawn(async move {
+                append(&mut c, "slow", 0, vec![rec(format!("s{i}"))]).await;
+                finished.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        within("every slow append to be written", async {
+            while describe(&mut c, "slow").await.partition_info[0].end_offset < WAITING {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        append(&mut c, "fast", 0, vec![rec("quick")]).await;
+        assert_eq!(values(&read_to_end(&mut c, "fast", 0, 0).await), ["quick"]);
+        assert_eq!(
+            finished.load(Ordering::Relaxed),
+            0,
+            "the other topic was served while the stalled fsync held every slow append"
+        );
+        within("the slow appends once the stall ends", async {
+            while finished.load(Ordering::Relaxed) < WAITING {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        faults::clear(broker.data_dir());
+    });
+}

@@ -45,7 +45,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use batch::{Header, ProducerStamp, Record, StoredRecord};
 pub use config::{Durability, LogConfig, StorageConfig};
 pub use error::{Error, Result};
-pub use log::{Appended, Damage, Listener, Log, OpenReport, sync_dir};
+pub use log::{
+    Appended, Damage, Durable, Listener, Log, OpenReport, SyncLeader, SyncWait, sync_dir,
+};
 
 /// Called with a log's name when the log fails (see [`Log::failure`]); set with
 /// [`Storage::on_failure`]. It runs on the thread that saw the failure: keep it short.

@@ -173,3 +173,42 @@ fn wait_for_wakes_a_blocked_reader_when_another_thread_appends() {
     assert_eq!(log.wait_for(2, Duration::from_millis(50)), 2);
     assert!(began.elapsed() >= Duration::from_millis(50));
 }
+
+#[test]
+fn a_failed_flush_fails_every_asynchronous_waiter_and_poisons_the_log() {
+    use spool_storage::SyncWait;
+    use spool_storage::faults::{self, Op};
+    use std::task::{Context, Poll, Waker};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_storage, log) = common::open(dir.path(), "d/0", common::small_config(Durability::Always));
+    // The first wait is handed the leader's duty; the followers register before it runs.
+    let a = log
+        .append_unsynced(&[record("lead".into())], ProducerStamp::default())
+        .unwrap();
+    let SyncWait::Lead(leader) = log.sync_async(a.base_offset + 1) else {
+        panic!("the first wait leads");
+    };
+    let mut followers = Vec::new();
+    for i in 0..10 {
+        let b = log
+            .append_unsynced(&[record(format!("f{i}"))], ProducerStamp::default())
+            .unwrap();
+        match log.sync_async(b.base_offset + 1) {
+            SyncWait::Follow(f) => followers.push(f),
+            _ => panic!("a flush is running: the wait must follow it"),
+        }
+    }
+    faults::fail(dir.path(), Op::Sync, 1, 5);
+    assert!(leader.run().is_err(), "the leader's flush failed (EIO)");
+    let mut cx = Context::from_waker(Waker::noop());
+    for mut f in followers {
+        match std::pin::Pin::new(&mut f).poll(&mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.to_string().contains("fsync"), "{e}"),
+            other => panic!("a waiter was not failed: {other:?}"),
+        }
+    }
+    assert!(log.failure().is_some());
+    assert_eq!(log.durable_offset(), 0, "nothing became durable");
+    assert!(matches!(log.sync_async(1), SyncWait::Done(Err(_))));
+}

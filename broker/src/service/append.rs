@@ -1,18 +1,20 @@
 //! Append and AppendStream.
 //!
 //! The batch is written (and visible to readers) on the blocking pool, in request order (the
-//! request's task waits for it); under `FSYNC_POLICY_ALWAYS` the wait for the disk runs on the
-//! blocking pool too, where concurrent appends share one fdatasync. AppendStream keeps the write order of its
-//! requests and lets their fsyncs overlap, answering strictly in request order.
+//! request's task waits for it). Under `FSYNC_POLICY_ALWAYS` the wait for the disk is a
+//! future (`Log::sync_async`): concurrent appends share one fdatasync, run on the blocking
+//! pool by whichever append found no flush running, and the others wait without holding a
+//! thread. AppendStream keeps the write order of its requests and lets their fsyncs overlap,
+//! answering strictly in request order.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use spool_proto::v1::{AppendRequest, AppendResponse, Durability};
-use spool_storage::{Log, ProducerStamp};
+use spool_storage::{Log, ProducerStamp, SyncWait};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -26,14 +28,14 @@ use crate::registry::Fsync;
 /// An append whose bytes are in the log; what is left is waiting for the disk.
 enum Pending {
     Done(Result<AppendResponse>),
-    Syncing(JoinHandle<Result<AppendResponse>>),
+    Syncing(Pin<Box<dyn Future<Output = Result<AppendResponse>> + Send>>),
 }
 
 impl Pending {
     async fn finish(self) -> Result<AppendResponse> {
         match self {
             Pending::Done(r) => r,
-            Pending::Syncing(h) => h.await?,
+            Pending::Syncing(f) => f.await,
         }
     }
 }
@@ -93,8 +95,15 @@ async fn write(inner: &Arc<Inner>, who: &Principal, req: AppendRequest) -> Resul
     }
     let inner = Arc::clone(inner);
     let name = topic.name.clone();
-    Ok(Pending::Syncing(tokio::task::spawn_blocking(move || {
-        sync(&inner, &log, end)?;
+    // Started now (a leader's flush begins at once), awaited when the answer is due.
+    let durable = durable(&log, end);
+    let synced = Instant::now();
+    Ok(Pending::Syncing(Box::pin(async move {
+        durable.await?;
+        inner
+            .metrics
+            .fsync_latency
+            .observe(synced.elapsed().as_secs_f64());
         response.durability = Durability::Fsynced as i32;
         inner
             .metrics
@@ -103,14 +112,27 @@ async fn write(inner: &Arc<Inner>, who: &Principal, req: AppendRequest) -> Resul
     })))
 }
 
-fn sync(inner: &Inner, log: &Log, end: u64) -> Result<()> {
-    let began = Instant::now();
-    log.sync_to(end)?;
-    inner
-        .metrics
-        .fsync_latency
-        .observe(began.elapsed().as_secs_f64());
-    Ok(())
+/// Waits until every offset below `end` is on disk: a flush this append leads runs on the
+/// blocking pool (started before this returns); otherwise the wait holds no thread.
+fn durable(log: &Arc<Log>, end: u64) -> impl Future<Output = Result<()>> + Send + 'static {
+    enum Wait {
+        Flush(tokio::task::JoinHandle<spool_storage::Result<()>>),
+        Follow(spool_storage::Durable),
+        Done(spool_storage::Result<()>),
+    }
+    let wait = match log.sync_async(end) {
+        SyncWait::Lead(leader) => Wait::Flush(tokio::task::spawn_blocking(move || leader.run())),
+        SyncWait::Follow(f) => Wait::Follow(f),
+        SyncWait::Done(r) => Wait::Done(r),
+    };
+    async move {
+        let r = match wait {
+            Wait::Flush(flush) => flush.await?,
+            Wait::Follow(f) => f.await,
+            Wait::Done(r) => r,
+        };
+        r.map_err(Error::from)
+    }
 }
 
 pub async fn unary(

@@ -16,6 +16,8 @@ mod producers;
 mod read;
 mod sync;
 
+pub use sync::{Durable, SyncLeader, SyncWait};
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -103,7 +105,10 @@ struct Writer {
 
 #[derive(Default)]
 struct SyncState {
+    /// A thread is flushing (the leader): others wait for it instead of flushing too.
     running: bool,
+    /// Asynchronous waits the leader completes (see `sync.rs`): a target offset and a slot.
+    waiters: Vec<(u64, Arc<sync::Slot>)>,
 }
 
 /// One partition's log. Cheap to share (`Arc<Log>`): appends are serialised inside, reads
