@@ -2,6 +2,7 @@
 //! measured by the same loops in the same process.
 //!
 //! ```text
+//! spool-bench scale [--topics N] [--partitions N] [--json]
 //! spool-bench produce|consume|e2e [--target spool|nats|redis] [--server URL]
 //!     [--producers N] [--consumers N] [--partitions N] [--message-size BYTES]
 //!     [--batch-size N] [--linger-ms N] [--fsync always|interval|never]
@@ -11,6 +12,7 @@
 //! - `produce`: acknowledged appends; latency from (intended) send to acknowledgement.
 //! - `consume`: reads a topic pre-filled (untimed) with `--count` messages from its start;
 //!   latency is the wait per delivery batch (stalls), not a per-message figure.
+//! - `scale`: see [`scale`]: memory, files, disk and restart times of many partitions.
 //! - `e2e`: consumers subscribed first; each payload carries its (intended) send time and
 //!   the latency is delivery time minus that.
 //! - `--rate` makes producers open-loop: message k of a producer is due at
@@ -31,6 +33,7 @@
 mod nats;
 mod redis;
 mod report;
+mod scale;
 mod spool;
 mod workload;
 
@@ -47,6 +50,8 @@ enum ModeArg {
     Produce,
     Consume,
     E2e,
+    /// Cost as partitions grow: `--topics` × `--partitions` on one spoold (Spool only).
+    Scale,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,7 +96,10 @@ struct Cli {
     producers: usize,
     #[arg(long, default_value_t = 1)]
     consumers: usize,
-    /// Partitions (Spool), streams (NATS) or stream keys (Redis).
+    /// Topics to create (scale).
+    #[arg(long, default_value_t = 1000)]
+    topics: u32,
+    /// Partitions (Spool), streams (NATS) or stream keys (Redis); per topic with scale.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
     /// Payload bytes per message.
@@ -127,10 +135,19 @@ const DEFAULT_COUNT: u64 = 100_000;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let mode = match cli.mode {
         ModeArg::Produce => Mode::Produce,
         ModeArg::Consume => Mode::Consume,
         ModeArg::E2e => Mode::E2e,
+        ModeArg::Scale => {
+            let r = runtime.block_on(scale::run(cli.topics, cli.partitions))?;
+            println!("{}", if cli.json { r.json() } else { r.text() });
+            return Ok(());
+        }
     };
     if cli.producers == 0 || cli.consumers == 0 || cli.partitions == 0 || cli.batch_size == 0 {
         bail!("--producers, --consumers, --partitions and --batch-size must be at least 1");
@@ -157,10 +174,6 @@ fn main() -> anyhow::Result<()> {
         duration,
         rate: cli.rate,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let summary = runtime.block_on(run(&cli, &workload))?;
     if let Some(path) = &cli.latency_out {
         std::fs::write(path, summary.cdf().to_string())

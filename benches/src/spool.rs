@@ -22,12 +22,19 @@ use crate::workload::{AckFuture, Sender, Source, Target, Workload};
 pub struct Spoold {
     child: Child,
     endpoint: String,
-    _data: tempfile::TempDir,
+    binary: PathBuf,
+    args: Vec<String>,
+    data: tempfile::TempDir,
 }
 
 impl Spoold {
     /// Starts `spoold` on a fresh temporary data directory and ephemeral loopback ports.
     pub fn start(fsync: Fsync) -> anyhow::Result<Spoold> {
+        Spoold::start_with(&["--fsync", fsync.spool_name()])
+    }
+
+    /// Starts `spoold` with extra flags on a fresh temporary data directory.
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Spoold> {
         let binary = find_spoold()?;
         let data = match std::env::var_os("SPOOL_BENCH_DIR") {
             Some(dir) => tempfile::Builder::new()
@@ -36,69 +43,118 @@ impl Spoold {
             None => tempfile::Builder::new().prefix("spool-bench-").tempdir(),
         }
         .context("creating the broker's temporary data directory")?;
-        let mut child = Command::new(&binary)
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--fsync", fsync.spool_name()])
-            .env(
-                "SPOOL_LOG",
-                std::env::var("SPOOL_LOG").unwrap_or("info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().context("spoold's stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keep draining the child's log so it never blocks on a full pipe; pass it through
-        // when SPOOL_BENCH_VERBOSE is set.
-        std::thread::spawn(move || {
-            let verbose = std::env::var_os("SPOOL_BENCH_VERBOSE").is_some();
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if verbose {
-                    eprintln!("spoold: {line}");
-                }
-                if line.contains("serving")
-                    && let Some(addr) = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("grpc="))
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(Ok(addr.to_string()));
-                } else if let Some(tx) = &tx
-                    && (line.contains("ERROR") || line.contains("Error"))
-                {
-                    let _ = tx.send(Err(line));
-                }
-            }
-        });
-        let mut spoold = Spoold {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, endpoint) = spawn(&binary, data.path(), &args)?;
+        Ok(Spoold {
             child,
-            endpoint: String::new(),
-            _data: data,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => spoold.endpoint = format!("http://{addr}"),
-            Ok(Err(line)) => bail!("spoold failed to start: {line}"),
-            Err(_) => bail!(
-                "spoold ({}) did not report `serving grpc=ADDR` within 30 s",
-                binary.display()
-            ),
-        }
-        Ok(spoold)
+            endpoint,
+            binary,
+            args,
+            data,
+        })
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "spoold exited with {status}");
+        Ok(())
+    }
+
+    /// Kills it (SIGKILL), as a crash would.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts it again on the same data directory; returns once it serves gRPC.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        let (child, endpoint) = spawn(&self.binary, self.data.path(), &self.args)?;
+        self.child = child;
+        self.endpoint = endpoint;
+        Ok(())
+    }
+}
+
+/// Spawns `spoold` on `data` and waits (up to ten minutes: a big data directory recovers
+/// first) for its `serving grpc=ADDR` line.
+fn spawn(binary: &Path, data: &Path, args: &[String]) -> anyhow::Result<(Child, String)> {
+    let mut child = Command::new(binary)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(args)
+        .env(
+            "SPOOL_LOG",
+            std::env::var("SPOOL_LOG").unwrap_or("info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stderr = child.stderr.take().context("spoold's stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining the child's log so it never blocks on a full pipe; pass it through
+    // when SPOOL_BENCH_VERBOSE is set.
+    std::thread::spawn(move || {
+        let verbose = std::env::var_os("SPOOL_BENCH_VERBOSE").is_some();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if verbose {
+                eprintln!("spoold: {line}");
+            }
+            if line.contains("serving")
+                && let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("grpc="))
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(Ok(addr.to_string()));
+            } else if let Some(tx) = &tx
+                && (line.contains("ERROR") || line.contains("Error"))
+            {
+                let _ = tx.send(Err(line));
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(600)) {
+        Ok(Ok(addr)) => Ok((child, format!("http://{addr}"))),
+        Ok(Err(line)) => {
+            let _ = child.kill();
+            bail!("spoold failed to start: {line}")
+        }
+        Err(_) => {
+            let _ = child.kill();
+            bail!(
+                "spoold ({}) did not report `serving grpc=ADDR`",
+                binary.display()
+            )
+        }
+    }
 }
 
 impl Drop for Spoold {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pid = rustix::process::Pid::from_child(&self.child);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         for _ in 0..100 {

@@ -66,7 +66,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Wraps a file operation's error; running out of file descriptors is the storage
+    /// layer's `TooManyOpenFiles` wherever it happens, so it always reads the same.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if spool_storage::error::is_out_of_descriptors(&source) {
+            return Error::Storage(spool_storage::Error::io(op, path, source));
+        }
         Error::Io {
             op,
             path: path.into(),

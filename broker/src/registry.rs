@@ -339,6 +339,36 @@ impl Registry {
             fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
         }
         fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let topic = match self.create_files(name, partitions, settings, &dir) {
+            Ok(topic) => topic,
+            Err(e) => {
+                // The partitions opened so far are closed (dropped) by now: nothing of the
+                // topic stays, on disk or in memory, and the name can be created again.
+                if let Err(cleanup) = fs::remove_dir_all(&dir)
+                    .map_err(|e| Error::io("remove", &dir, e))
+                    .and_then(|()| Ok(sync_dir(&self.storage.root().join("topics"))?))
+                {
+                    tracing::error!(topic = name, error = %cleanup, "could not remove a half-created topic; the next start or create removes it");
+                }
+                return Err(e);
+            }
+        };
+        let topic = Arc::new(topic);
+        self.topics
+            .write()
+            .insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Opens the new topic's partitions and then writes its metadata, which is what makes
+    /// it exist after a restart.
+    fn create_files(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+        dir: &Path,
+    ) -> Result<Topic> {
         let meta = TopicMeta {
             version: META_VERSION,
             name: name.to_string(),
@@ -360,10 +390,6 @@ impl Registry {
             &serde_json::to_vec_pretty(&meta).expect("serialisable"),
         )?;
         sync_dir(&self.storage.root().join("topics"))?;
-        let topic = Arc::new(topic);
-        self.topics
-            .write()
-            .insert(name.to_string(), Arc::clone(&topic));
         Ok(topic)
     }
 

@@ -31,6 +31,11 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// One offset index entry per this many bytes of log (and at most one time entry).
     pub index_interval_bytes: u32,
+    /// The active segment's new index entries reach its index files every this many
+    /// appended bytes (and the files are rewritten whole on a roll or close), so the
+    /// active segment holds one file open; recovery after a crash CRC-checks at most about
+    /// this much beyond the last entry on disk.
+    pub index_persist_bytes: u64,
     /// Disk space reserved ahead of the writer (fallocate), in steps that start at 64 KiB and
     /// double with each reservation up to this many bytes.
     pub preallocate_bytes: u64,
@@ -56,6 +61,7 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: 128 * 1024 * 1024,
             index_interval_bytes: 4096,
+            index_persist_bytes: 1024 * 1024,
             preallocate_bytes: 4 * 1024 * 1024,
             durability: Durability::Always,
             retention_bytes: None,
@@ -80,6 +86,11 @@ impl LogConfig {
         if self.index_interval_bytes == 0 {
             return Err(Error::InvalidConfig(
                 "index_interval_bytes must be at least 1".into(),
+            ));
+        }
+        if self.index_persist_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "index_persist_bytes must be at least 1".into(),
             ));
         }
         if self.preallocate_bytes == 0 {

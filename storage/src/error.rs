@@ -32,6 +32,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The process ran out of file descriptors (`EMFILE`) or the system did (`ENFILE`).
+    #[error(
+        "too many open files while trying to {op} {path}: {source}; raise the open file limit (RLIMIT_NOFILE, e.g. `ulimit -n` or systemd's LimitNOFILE=; each partition holds about one file open, plus one per read in flight) or delete unused topics"
+    )]
+    TooManyOpenFiles {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// Another process holds the data directory.
     #[error(
         "data directory {path} is locked by another process (is another spoold running on it?)"
@@ -124,15 +134,23 @@ fn fmt_offsets(offsets: &Option<Range<u64>>) -> String {
 }
 
 impl Error {
-    /// Wraps an I/O error, turning "no space" into [`Error::DiskFull`].
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    /// Wraps an I/O error, turning "no space" into [`Error::DiskFull`] and "no file
+    /// descriptors" into [`Error::TooManyOpenFiles`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         if is_disk_full(&source) {
             Error::DiskFull { path, source }
+        } else if is_out_of_descriptors(&source) {
+            Error::TooManyOpenFiles { op, path, source }
         } else {
             Error::Io { op, path, source }
         }
     }
+}
+
+/// `EMFILE` (this process's limit) or `ENFILE` (the system's).
+pub fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 fn is_disk_full(e: &io::Error) -> bool {

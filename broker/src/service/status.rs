@@ -37,6 +37,7 @@ fn storage_code(e: &StorageError) -> Code {
     match e {
         StorageError::Io { .. } => Code::Internal,
         StorageError::DiskFull { .. } => Code::ResourceExhausted,
+        StorageError::TooManyOpenFiles { .. } => Code::ResourceExhausted,
         StorageError::Locked { .. } => Code::FailedPrecondition,
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,

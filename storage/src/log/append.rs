@@ -2,7 +2,7 @@
 //! entries and snapshots, space reservation, and segment rolls. All of it runs under the
 //! writer lock; see the module docs of `log` for the lock order.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -153,7 +153,9 @@ impl Log {
         let (offset_entry, time_entry) = w.index.observe(pos, (h.base_offset - seg.base) as u32, h);
         seg.publish(w.pos, h.next_offset(), h);
         seg.push_index(offset_entry, time_entry);
-        self.write_index_entries(w, offset_entry, time_entry);
+        if w.pos - w.index_persisted_pos >= self.config.index_persist_bytes {
+            self.persist_index(w);
+        }
         self.end.store(h.next_offset(), Ordering::Release);
         if w.pos - w.snapshot_pos >= SNAPSHOT_INTERVAL_BYTES {
             self.write_snapshot(w, h.next_offset());
@@ -181,34 +183,41 @@ impl Log {
         }
     }
 
-    /// Appends index entries to the index files. Indexes are derived data: a failure here is
-    /// logged and repaired when the segment closes or the log is recovered.
-    pub(super) fn write_index_entries(
-        &self,
-        w: &mut Writer,
-        offset: Option<crate::index::OffsetEntry>,
-        time: Option<crate::index::TimeEntry>,
-    ) {
-        if let Some(e) = offset {
-            let mut buf = [0u8; crate::index::OFFSET_ENTRY_LEN];
-            buf[..4].copy_from_slice(&e.rel.to_le_bytes());
-            buf[4..].copy_from_slice(&e.pos.to_le_bytes());
-            match w.index_file.write_all_at(&buf, w.index_file_len) {
-                Ok(()) => w.index_file_len += buf.len() as u64,
-                Err(e) => tracing::warn!(log = %self.name, error = %e, "offset index write failed"),
+    /// Appends the index entries gathered since the last call to the index files, opened
+    /// just for this so an idle partition holds one descriptor. Indexes are derived data: a
+    /// failure here is logged and repaired when the segment closes or the log is recovered.
+    pub(super) fn persist_index(&self, w: &mut Writer) {
+        let seg = Arc::clone(&w.segment);
+        for (bytes, len, path, what) in [
+            (
+                &mut w.index.offsets,
+                &mut w.index_file_len,
+                &seg.index_path,
+                "offset",
+            ),
+            (
+                &mut w.index.times,
+                &mut w.time_file_len,
+                &seg.time_path,
+                "time",
+            ),
+        ] {
+            if bytes.is_empty() {
+                continue;
             }
-        }
-        if let Some(e) = time {
-            let mut buf = [0u8; crate::index::TIME_ENTRY_LEN];
-            buf[..8].copy_from_slice(&e.ts.to_le_bytes());
-            buf[8..].copy_from_slice(&e.rel.to_le_bytes());
-            match w.time_file.write_all_at(&buf, w.time_file_len) {
-                Ok(()) => w.time_file_len += buf.len() as u64,
-                Err(e) => tracing::warn!(log = %self.name, error = %e, "time index write failed"),
+            let written = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .and_then(|f| f.write_all_at(bytes, *len));
+            match written {
+                Ok(()) => *len += bytes.len() as u64,
+                Err(e) => tracing::warn!(log = %self.name, error = %e, "{what} index write failed"),
             }
+            bytes.clear();
         }
-        w.index.offsets.clear();
-        w.index.times.clear();
+        w.index_persisted_pos = w.pos;
     }
 
     /// Makes sure the file has allocated blocks up to `need`, reserving ahead in steps.
@@ -236,27 +245,21 @@ impl Log {
         let old = Arc::clone(&w.segment);
         if let Some(e) = w.index.final_time_entry() {
             old.push_index(None, Some(e));
-            self.write_index_entries(w, None, Some(e));
         }
-        // Rewrite the index files whole from memory, so a failed entry write is repaired.
+        let always = self.config.durability == Durability::Always;
+        // Write the index files whole from memory (repairing any failed append), synced
+        // here under `Always` and by the next `sync` otherwise.
         if let Some((offsets, times)) = old.active_index_bytes() {
-            w.index_file = rewrite(&old.index_path, &offsets)?;
-            w.time_file = rewrite(&old.time_path, &times)?;
+            rewrite(&old.index_path, &offsets, always)?;
+            rewrite(&old.time_path, &times, always)?;
         }
         // Release the reserved tail: no view reaches past `pos`, so no page is pulled from
         // under a reader.
         w.file
             .set_len(w.pos)
             .map_err(|e| Error::io("truncate", &old.log_path, e))?;
-        let always = self.config.durability == Durability::Always;
         if always {
             self.fsync(&w.file, &old.log_path)?;
-            for (f, p) in [
-                (&w.index_file, &old.index_path),
-                (&w.time_file, &old.time_path),
-            ] {
-                f.sync_all().map_err(|e| Error::io("fsync", p, e))?;
-            }
         } else {
             // Under `Interval` and `Never` a roll must not stall appends on the disk: the
             // closed files are synced by the next `sync`, before the durable offset moves.
@@ -275,7 +278,7 @@ impl Log {
             max_rel: 0,
             producers: w.producers.clone(),
         };
-        let (file, index_file, time_file) = create_segment_files(&self.dir, end, &snapshot)?;
+        let file = create_segment_files(&self.dir, end, &snapshot)?;
         if always {
             sync_dir(&self.dir)?;
         }
@@ -298,10 +301,9 @@ impl Log {
         }
         w.segment = seg;
         w.file = file;
-        w.index_file = index_file;
-        w.time_file = time_file;
         w.index_file_len = 0;
         w.time_file_len = 0;
+        w.index_persisted_pos = 0;
         w.pos = 0;
         w.reserved = 0;
         w.snapshot_pos = 0;

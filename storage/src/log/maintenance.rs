@@ -200,8 +200,8 @@ impl Log {
         let (builder, valid) =
             segment::scan_indexes(kept, seg.base, self.config.index_interval_bytes);
         debug_assert_eq!(valid, pos);
-        let index_file = rewrite(&seg.index_path, &builder.offsets)?;
-        let time_file = rewrite(&seg.time_path, &builder.times)?;
+        rewrite(&seg.index_path, &builder.offsets, false)?;
+        rewrite(&seg.time_path, &builder.times, false)?;
         let file = Arc::new(file);
         let fresh = Arc::new(Segment::active(
             &self.dir,
@@ -227,8 +227,7 @@ impl Log {
         index.times = Vec::new();
         w.segment = fresh;
         w.file = file;
-        w.index_file = index_file;
-        w.time_file = time_file;
+        w.index_persisted_pos = pos as u64;
         w.pos = pos as u64;
         w.reserved = pos as u64;
         w.index = index;

@@ -86,10 +86,12 @@ pub struct OpenReport {
 struct Writer {
     segment: Arc<Segment>,
     file: Arc<File>,
-    index_file: File,
-    time_file: File,
+    /// Bytes of the active segment's offset and time indexes already in their files (the
+    /// files are opened only to append the rest, so a partition holds one descriptor).
     index_file_len: u64,
     time_file_len: u64,
+    /// Writer position when the index files were last appended to.
+    index_persisted_pos: u64,
     pos: u64,
     reserved: u64,
     /// How far ahead the next reservation reaches (see `Log::reserve`).
@@ -251,8 +253,8 @@ impl Log {
         // went down): make it durable before calling it so.
         file.sync_data()
             .map_err(|e| Error::io("fsync", &log_path, e))?;
-        let index_file = rewrite(&index_path, &tail.index.offsets)?;
-        let time_file = rewrite(&time_path, &tail.index.times)?;
+        rewrite(&index_path, &tail.index.offsets, false)?;
+        rewrite(&time_path, &tail.index.times, false)?;
         let file = Arc::new(file);
         let active = Arc::new(Segment::active(
             &dir,
@@ -289,10 +291,9 @@ impl Log {
             writer: Mutex::new(Writer {
                 segment: active,
                 file: Arc::clone(&file),
-                index_file,
-                time_file,
                 index_file_len,
                 time_file_len,
+                index_persisted_pos: tail.len,
                 pos: tail.len,
                 reserved: tail.len,
                 reserve_step: FIRST_RESERVE_BYTES,
@@ -425,8 +426,13 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         let mut w = self.writer.lock();
         if let Some((offsets, times)) = w.segment.active_index_bytes() {
-            rewrite(&w.segment.index_path, &offsets)?;
-            rewrite(&w.segment.time_path, &times)?;
+            rewrite(&w.segment.index_path, &offsets, false)?;
+            rewrite(&w.segment.time_path, &times, false)?;
+            w.index_file_len = offsets.len() as u64;
+            w.time_file_len = times.len() as u64;
+            w.index.offsets.clear();
+            w.index.times.clear();
+            w.index_persisted_pos = w.pos;
         }
         if w.snapshot_pos != w.pos {
             let end = self.end_offset();
@@ -449,7 +455,7 @@ impl Log {
     }
 }
 
-fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<(File, File, File)> {
+fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<File> {
     let open = |ext: &str| -> Result<File> {
         let path = dir.join(segment::file_name(base, ext));
         OpenOptions::new()
@@ -476,14 +482,14 @@ fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<(F
             .and_then(|()| snap.sync_data())
             .map_err(|e| Error::io("write", &snapshot_path, e))?;
     }
-    let index = open("index")?;
-    let time = open("timeindex")?;
-    let log = open("log")?;
-    Ok((log, index, time))
+    open("index")?;
+    open("timeindex")?;
+    open("log")
 }
 
-/// Replaces a small derived file's content in place (indexes: not fsync'd, rebuilt if torn).
-fn rewrite(path: &Path, bytes: &[u8]) -> Result<File> {
+/// Replaces a small derived file's content in place (indexes: rebuilt if torn, so synced
+/// only when `sync` asks, as a roll under `Always` does).
+fn rewrite(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -493,7 +499,10 @@ fn rewrite(path: &Path, bytes: &[u8]) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))?;
     f.write_all_at(bytes, 0)
         .map_err(|e| Error::io("write", path, e))?;
-    Ok(f)
+    if sync {
+        f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+    }
+    Ok(())
 }
 
 fn read_optional(path: &Path) -> Result<Vec<u8>> {

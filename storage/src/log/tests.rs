@@ -193,6 +193,9 @@ fn idempotent_retry_is_a_duplicate_across_reopen() {
 
 #[test]
 fn reopen_checks_only_the_tail_and_keeps_producers_and_newest_timestamp() {
+    const N: u64 = 12_000;
+    // Each batch of `record` is at least this long.
+    const MIN_BATCH: u64 = 180;
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         segment_bytes: 8 * 1024 * 1024,
@@ -206,7 +209,8 @@ fn reopen_checks_only_the_tail_and_keeps_producers_and_newest_timestamp() {
     {
         let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
         let log = storage.open_log("t/0", config.clone()).unwrap();
-        for s in 0..3000 {
+        // Past index_persist_bytes, so index entries reach the files while running.
+        for s in 0..N {
             // Flat timestamps except one early peak: the time index stays tiny.
             let ts = if s == 10 { 9_000 } else { 5 };
             log.append(&[record(s, ts)], stamp(s)).unwrap();
@@ -216,15 +220,17 @@ fn reopen_checks_only_the_tail_and_keeps_producers_and_newest_timestamp() {
     let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
     let log = storage.open_log("t/0", config.clone()).unwrap();
     let report = log.open_report().clone();
-    assert_eq!(report.end_offset, 3000);
+    let most_scanned = (config.index_persist_bytes + 512) / MIN_BATCH + 1;
+    assert_eq!(report.end_offset, N);
     assert!(
-        report.scanned_batches < 10,
-        "recovery checked {} batches; only the tail after the last index entry should be",
+        (report.scanned_batches as u64) < most_scanned,
+        "recovery checked {} batches of {N}; only the tail after the last index entry on \
+         disk (at most {most_scanned} batches of at least {MIN_BATCH} bytes) should be",
         report.scanned_batches
     );
     assert_eq!(log.offset_for_timestamp(9_000).unwrap(), 10);
     assert!(
-        log.append(&[record(2999, 5)], stamp(2999))
+        log.append(&[record(N - 1, 5)], stamp(N - 1))
             .unwrap()
             .duplicate
     );
@@ -236,15 +242,13 @@ fn reopen_checks_only_the_tail_and_keeps_producers_and_newest_timestamp() {
     let log = storage.open_log("t/0", config).unwrap();
     assert!(log.open_report().scanned_batches < 10);
     assert!(
-        log.append(&[record(2999, 5)], stamp(2999))
+        log.append(&[record(N - 1, 5)], stamp(N - 1))
             .unwrap()
             .duplicate
     );
     assert_eq!(
-        log.append(&[record(3000, 5)], stamp(3000))
-            .unwrap()
-            .base_offset,
-        3000
+        log.append(&[record(N, 5)], stamp(N)).unwrap().base_offset,
+        N
     );
 }
 
