@@ -83,6 +83,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         partitions,
         records,
         groups = offsets.groups().len(),
+        clean_start = registry.storage().clean_start(),
         "recovered"
     );
     let auth = crate::auth::Auth::new(&config.auth, config.tls.client_ca.is_some())
@@ -236,6 +237,8 @@ impl Running {
         self.health
             .set_not_serving::<BrokerServer<BrokerService>>()
             .await;
+        // A request cut off may still be writing on the blocking pool: no marker then.
+        let mut settled = true;
         if !self.server.is_finished()
             && tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
                 .await
@@ -245,15 +248,21 @@ impl Running {
                 "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
             );
             self.server.abort();
+            settled = false;
         }
         self.retention_task.abort();
         let _ = (&mut self.health_task).await;
         let _ = (&mut self.metrics_task).await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            inner.registry.close();
+            let mut clean = inner.registry.close() && settled;
             if let Err(e) = inner.offsets.close() {
                 tracing::error!(error = %e, "closing the offsets log failed");
+                clean = false;
+            }
+            // Everything is closed and nothing writes again: the next start may trust it.
+            if clean && let Err(e) = inner.registry.storage().mark_clean() {
+                tracing::error!(error = %e, "could not leave the clean-shutdown marker; the next start recovers every partition in full");
             }
         })
         .await?;

@@ -10,6 +10,7 @@
 //! - `recovery`: finding the valid end of the last segment on open.
 //! - [`log`]: the segments of one partition: append, read, roll, retention, truncate, sync.
 //! - `producer`: idempotent producer state, rebuilt from batch headers.
+//! - [`clean`]: the clean-shutdown marker a graceful stop leaves for the next start.
 //! - `cache`: closed segments mapped on demand and released least recently used.
 //! - `flusher`: the background thread behind [`Durability::Interval`].
 //! - `mmap`: the only `unsafe` code, a read-only map behind a safe API.
@@ -26,6 +27,7 @@
 
 pub mod batch;
 mod cache;
+pub mod clean;
 pub mod config;
 pub mod error;
 pub mod faults;
@@ -62,6 +64,9 @@ pub(crate) struct Shared {
     /// Idempotent producers remembered by all logs, and the cap on them.
     producers: std::sync::atomic::AtomicUsize,
     max_producers: usize,
+    /// The storage opened after a clean shutdown (an intact marker, now removed): what the
+    /// logs hold is already durable, so opening them syncs nothing.
+    clean_start: bool,
 }
 
 impl Shared {
@@ -103,6 +108,8 @@ impl Storage {
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: root }),
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
+        // Before anything can be written: a crash from here on must find no marker.
+        let clean_start = clean::take(&root)?;
         let flusher =
             flusher::Flusher::start().map_err(|e| Error::io("spawn flusher", &root, e))?;
         Ok(Storage {
@@ -114,6 +121,7 @@ impl Storage {
                 on_failure: parking_lot::RwLock::new(None),
                 producers: std::sync::atomic::AtomicUsize::new(0),
                 max_producers: config.max_producers,
+                clean_start,
             }),
             _lock: lock,
         })
@@ -148,6 +156,20 @@ impl Storage {
             self.shared.flusher.register(&log, every);
         }
         Ok(log)
+    }
+
+    /// Whether this start followed a clean shutdown ([`Storage::mark_clean`]).
+    pub fn clean_start(&self) -> bool {
+        self.shared.clean_start
+    }
+
+    /// Leaves the clean-shutdown marker for the next start: call once every log is closed
+    /// ([`Log::close`]) and nothing will be written again. Syncs the whole file system of
+    /// the data directory first (`syncfs`), so logs that never fsync (`Durability::Never`)
+    /// are durable too, then writes the marker durably.
+    pub fn mark_clean(&self) -> Result<()> {
+        rustix::fs::syncfs(&self._lock).map_err(|e| Error::io("syncfs", &self.root, e.into()))?;
+        clean::write(&self.root)
     }
 
     /// Deletes a log's files. The log must no longer be appended to; readers holding views

@@ -33,6 +33,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::Shared;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
+use crate::faults;
 use crate::producer::{ProducerTable, Snapshot};
 use crate::recovery;
 use crate::segment::{self, ActiveIndex, IndexBuilder, Segment};
@@ -250,11 +251,20 @@ impl Log {
         producers.truncate(tail.end);
         producers.stamp_unknown(producers::wall_clock_ms());
         // What recovery kept may be only in the page cache (the process, not the machine,
-        // went down): make it durable before calling it so.
-        file.sync_data()
-            .map_err(|e| Error::io("fsync", &log_path, e))?;
-        rewrite(&index_path, &tail.index.offsets, false)?;
-        rewrite(&time_path, &tail.index.times, false)?;
+        // went down): make it durable before calling it so. After a clean shutdown it
+        // already is (the stop synced the file system before leaving its marker).
+        if !shared.clean_start {
+            faults::check(faults::Op::Sync, &log_path)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io("fsync", &log_path, e))?;
+        }
+        // Index files are derived data: rewritten only when recovery's differ.
+        if tail.index.offsets != offsets {
+            rewrite(&index_path, &tail.index.offsets, false)?;
+        }
+        if tail.index.times != times {
+            rewrite(&time_path, &tail.index.times, false)?;
+        }
         let file = Arc::new(file);
         let active = Arc::new(Segment::active(
             &dir,
@@ -422,7 +432,8 @@ impl Log {
         }
     }
 
-    /// Writes the active segment's indexes out whole and syncs the log (a clean close).
+    /// Writes the active segment's indexes and snapshot out whole, cuts its preallocated
+    /// tail and syncs the log (a clean close; appending afterwards works but undoes it).
     pub fn close(&self) -> Result<()> {
         let mut w = self.writer.lock();
         if let Some((offsets, times)) = w.segment.active_index_bytes() {
@@ -437,6 +448,14 @@ impl Log {
         if w.snapshot_pos != w.pos {
             let end = self.end_offset();
             self.write_snapshot(&mut w, end);
+        }
+        // Release the reserved tail, so the next start has nothing to cut (no view reaches
+        // past `pos`, so no page is pulled from under a reader).
+        if w.reserved > w.pos {
+            w.file
+                .set_len(w.pos)
+                .map_err(|e| Error::io("truncate", &w.segment.log_path, e))?;
+            w.reserved = w.pos;
         }
         drop(w);
         if self.config.durability != Durability::Never {
