@@ -11,6 +11,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use crate::disk;
 use crate::error::{Error, Result};
 use crate::log::sync_dir;
 
@@ -33,7 +34,7 @@ pub(crate) fn take(root: &Path) -> Result<bool> {
     if !intact {
         tracing::warn!(path = %path.display(), "clean-shutdown marker is damaged; recovering every log in full");
     }
-    fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+    disk::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
     sync_dir(root)?;
     Ok(intact)
 }
@@ -46,10 +47,9 @@ pub(crate) fn write(root: &Path) -> Result<()> {
     let path = root.join(FILE);
     let tmp = root.join(format!("{FILE}.tmp"));
     let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        io::Write::write_all(&mut f, &encode(now_ms))?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
+        let f = disk::write_file(&tmp, &encode(now_ms))?;
+        disk::sync_data(&f, &tmp)?;
+        disk::rename(&tmp, &path)
     };
     write().map_err(|e| Error::io("write", &path, e))?;
     sync_dir(root)

@@ -85,7 +85,11 @@ impl Drop for Flusher {
     fn drop(&mut self) {
         self.shared.state.lock().stop = true;
         self.shared.wake.notify_all();
-        if let Some(t) = self.thread.take() {
+        // The flusher's own thread may hold the last reference to a log, and through it
+        // to this: it then ends by itself once it sees `stop`, and must not join itself.
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
             let _ = t.join();
         }
     }

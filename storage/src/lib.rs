@@ -13,6 +13,8 @@
 //! - [`clean`]: the clean-shutdown marker a graceful stop leaves for the next start.
 //! - `cache`: closed segments mapped on demand and released least recently used.
 //! - `flusher`: the background thread behind [`Durability::Interval`].
+//! - `disk`: every call that changes the disk (writes, syncs, creates, renames, removals),
+//!   so a test can record them all (`journal`) and rebuild what a power cut would leave.
 //! - `mmap`: the only `unsafe` code, a read-only map behind a safe API.
 //! - [`error`]: the one error enum of this layer.
 //! - [`faults`]: fault injection for tests (feature `fault-injection`).
@@ -29,8 +31,12 @@ pub mod batch;
 mod cache;
 pub mod clean;
 pub mod config;
+mod disk;
 pub mod error;
 pub mod faults;
+/// Recording of every change the engine makes to the disk (tests; `fault-injection`).
+#[cfg(feature = "fault-injection")]
+pub use disk::journal;
 mod flusher;
 pub mod index;
 pub mod log;
@@ -39,7 +45,7 @@ mod producer;
 mod recovery;
 mod segment;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +71,7 @@ pub(crate) struct Shared {
     producers: std::sync::atomic::AtomicUsize,
     max_producers: usize,
     /// The storage opened after a clean shutdown (an intact marker, now removed): what the
-    /// logs hold is already durable, so opening them syncs nothing.
+    /// logs hold is already durable, so neither the open nor the logs sync anything.
     clean_start: bool,
 }
 
@@ -94,15 +100,10 @@ impl Storage {
     /// A second process on the same directory fails at once with [`Error::Locked`].
     pub fn open(root: impl AsRef<Path>, config: StorageConfig) -> Result<Storage> {
         let root = root.as_ref().to_path_buf();
-        fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        disk::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
         let lock_path = root.join(".lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open", &lock_path, e))?;
+        let lock =
+            disk::open(&lock_path, true, false).map_err(|e| Error::io("open", &lock_path, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: root }),
@@ -110,6 +111,14 @@ impl Storage {
         }
         // Before anything can be written: a crash from here on must find no marker.
         let clean_start = clean::take(&root)?;
+        // After a crash, of the process or the machine, what the logs hold may be only in
+        // the page cache, closed segments and new names included: one `syncfs` makes all of
+        // it durable before any log calls it so (a clean stop did this before its marker).
+        if !clean_start {
+            faults::check(faults::Op::Sync, &root)
+                .and_then(|()| disk::sync_fs(&lock, &root))
+                .map_err(|e| Error::io("syncfs", &root, e))?;
+        }
         let flusher =
             flusher::Flusher::start().map_err(|e| Error::io("spawn flusher", &root, e))?;
         Ok(Storage {
@@ -168,7 +177,7 @@ impl Storage {
     /// the data directory first (`syncfs`), so logs that never fsync (`Durability::Never`)
     /// are durable too, then writes the marker durably.
     pub fn mark_clean(&self) -> Result<()> {
-        rustix::fs::syncfs(&self._lock).map_err(|e| Error::io("syncfs", &self.root, e.into()))?;
+        disk::sync_fs(&self._lock, &self.root).map_err(|e| Error::io("syncfs", &self.root, e))?;
         clean::write(&self.root)
     }
 
@@ -177,7 +186,7 @@ impl Storage {
     pub fn delete_log(&self, log: &Log) -> Result<()> {
         log.forget_maps();
         let dir = log.dir().to_path_buf();
-        match fs::remove_dir_all(&dir) {
+        match disk::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &dir, e)),

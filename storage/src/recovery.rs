@@ -208,7 +208,7 @@ pub fn recover_tail(
     drop(data);
     drop(map);
     if file_len != valid_end as u64 {
-        file.set_len(valid_end as u64)
+        crate::disk::set_len(file, path, valid_end as u64)
             .map_err(|e| Error::io("truncate", path, e))?;
     }
     if dropped > 0 {

@@ -465,9 +465,9 @@ impl Segment {
         let built = build_indexes(data, self.base, 4096);
         let write = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
             let tmp = path.with_extension("rebuild.tmp");
-            std::fs::write(&tmp, bytes)?;
-            File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, path)
+            let f = crate::disk::write_file(&tmp, bytes)?;
+            crate::disk::sync_data(&f, &tmp)?;
+            crate::disk::rename(&tmp, path)
         };
         if let Err(e) = write(&self.index_path, &built.offsets)
             .and_then(|()| write(&self.time_path, &built.times))

@@ -2,21 +2,18 @@
 //! entries and snapshots, space reservation, and segment rolls. All of it runs under the
 //! writer lock; see the module docs of `log` for the lock order.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::batch::{self, ProducerStamp, Record};
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::faults;
 use crate::producer::{Snapshot, Verdict};
 use crate::segment::{self, ActiveIndex, IndexBuilder, Segment};
+use crate::{disk, faults};
 
 use super::{
-    Appended, Log, SNAPSHOT_INTERVAL_BYTES, Writer, allocate, create_segment_files, rewrite,
-    sync_dir,
+    Appended, Log, SNAPSHOT_INTERVAL_BYTES, Writer, create_segment_files, rewrite, sync_dir,
 };
 
 impl Log {
@@ -146,7 +143,7 @@ impl Log {
         self.reserve(w, w.pos + len)?;
         let seg = Arc::clone(&w.segment);
         faults::check(faults::Op::Write, &seg.log_path)
-            .and_then(|()| w.file.write_all_at(buf, w.pos))
+            .and_then(|()| disk::write_at(&w.file, &seg.log_path, buf, w.pos))
             .map_err(|e| Error::io("write", &seg.log_path, e))?;
         let pos = w.pos;
         w.pos += len;
@@ -177,7 +174,7 @@ impl Log {
             .dir
             .join(segment::file_name(w.segment.base, "producers"));
         let tmp = path.with_extension("producers.tmp");
-        match fs::write(&tmp, snap.encode()).and_then(|()| fs::rename(&tmp, &path)) {
+        match disk::write_file(&tmp, &snap.encode()).and_then(|_| disk::rename(&tmp, &path)) {
             Ok(()) => w.snapshot_pos = w.pos,
             Err(e) => tracing::warn!(log = %self.name, error = %e, "segment snapshot write failed"),
         }
@@ -205,12 +202,8 @@ impl Log {
             if bytes.is_empty() {
                 continue;
             }
-            let written = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .and_then(|f| f.write_all_at(bytes, *len));
+            let written =
+                disk::open(path, true, false).and_then(|f| disk::write_at(&f, path, bytes, *len));
             match written {
                 Ok(()) => *len += bytes.len() as u64,
                 Err(e) => tracing::warn!(log = %self.name, error = %e, "{what} index write failed"),
@@ -234,7 +227,14 @@ impl Log {
         let step = (w.reserved + ahead).min(self.config.segment_bytes);
         let target = need.max(step);
         faults::check(faults::Op::Allocate, &w.segment.log_path)
-            .and_then(|()| allocate(&w.file, w.reserved, target - w.reserved))
+            .and_then(|()| {
+                disk::allocate(
+                    &w.file,
+                    &w.segment.log_path,
+                    w.reserved,
+                    target - w.reserved,
+                )
+            })
             .map_err(|e| Error::io("fallocate", &w.segment.log_path, e))?;
         w.reserved = target;
         Ok(())
@@ -255,8 +255,7 @@ impl Log {
         }
         // Release the reserved tail: no view reaches past `pos`, so no page is pulled from
         // under a reader.
-        w.file
-            .set_len(w.pos)
+        disk::set_len(&w.file, &old.log_path, w.pos)
             .map_err(|e| Error::io("truncate", &old.log_path, e))?;
         if always {
             self.fsync(&w.file, &old.log_path)?;
@@ -295,7 +294,7 @@ impl Log {
         ));
         self.segments.write().insert(end, Arc::clone(&seg));
         old.close();
-        *self.sync_file.lock() = Arc::clone(&file);
+        *self.sync_file.lock() = (Arc::clone(&file), seg.log_path.clone());
         if always {
             self.durable.fetch_max(end, Ordering::AcqRel);
         }

@@ -1,12 +1,12 @@
 //! Maintenance: retention by size and age, truncation of a suffix (for a replication layer
 //! that must drop records a new leader does not have), and `verify`, the full integrity scan.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::disk;
 use crate::error::{Error, Result};
 use crate::segment::{self, ActiveIndex, Probe, Segment};
 
@@ -101,7 +101,7 @@ impl Log {
             s.time_path.clone(),
             self.dir.join(segment::file_name(s.base, "producers")),
         ] {
-            match fs::remove_file(&path) {
+            match disk::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("remove", &path, e)),
@@ -184,18 +184,13 @@ impl Log {
         let tmp = seg.log_path.with_extension("log.truncate.tmp");
         let kept = &data[..pos];
         let write_tmp = || -> io::Result<File> {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all_at(kept, 0)?;
-            f.sync_all()?;
+            let f = disk::open(&tmp, true, true)?;
+            disk::write_at(&f, &tmp, kept, 0)?;
+            disk::sync_data(&f, &tmp)?;
             Ok(f)
         };
         let file = write_tmp().map_err(|e| Error::io("write", &tmp, e))?;
-        fs::rename(&tmp, &seg.log_path).map_err(|e| Error::io("rename", &seg.log_path, e))?;
+        disk::rename(&tmp, &seg.log_path).map_err(|e| Error::io("rename", &seg.log_path, e))?;
         sync_dir(&self.dir)?;
         let (builder, valid) =
             segment::scan_indexes(kept, seg.base, self.config.index_interval_bytes);
@@ -219,7 +214,7 @@ impl Log {
         seg.close();
         self.shared.cache.forget(seg.id);
         self.segments.write().insert(seg.base, Arc::clone(&fresh));
-        *self.sync_file.lock() = Arc::clone(&file);
+        *self.sync_file.lock() = (Arc::clone(&file), seg.log_path.clone());
         w.index_file_len = builder.offsets.len() as u64;
         w.time_file_len = builder.times.len() as u64;
         let mut index = builder;
@@ -236,7 +231,7 @@ impl Log {
         // replays the segment's headers).
         let snap = self.dir.join(segment::file_name(seg.base, "producers"));
         if seg.base != offset || w.producers.is_empty() {
-            let _ = fs::remove_file(&snap);
+            let _ = disk::remove_file(&snap);
         }
         w.snapshot_pos = 0;
         self.end.store(offset, Ordering::Release);

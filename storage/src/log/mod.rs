@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,10 +32,10 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::Shared;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
-use crate::faults;
 use crate::producer::{ProducerTable, Snapshot};
 use crate::recovery;
 use crate::segment::{self, ActiveIndex, IndexBuilder, Segment};
+use crate::disk;
 
 /// A snapshot of the active segment's state is saved every this many appended bytes.
 const SNAPSHOT_INTERVAL_BYTES: u64 = 32 * 1024 * 1024;
@@ -128,7 +127,8 @@ pub struct Log {
     durable: AtomicU64,
     sync: Mutex<SyncState>,
     sync_done: Condvar,
-    sync_file: Mutex<Arc<File>>,
+    /// The active segment's file and path, as the flusher syncs them.
+    sync_file: Mutex<(Arc<File>, PathBuf)>,
     last_sync: Mutex<Instant>,
     data_lock: Mutex<()>,
     data_ready: Condvar,
@@ -153,7 +153,7 @@ impl Log {
     ) -> Result<Log> {
         let began = Instant::now();
         config.validate()?;
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        disk::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let mut bases = Vec::new();
         let mut others = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
@@ -250,14 +250,8 @@ impl Log {
         // them, so a retry is never answered with offsets that do not exist.
         producers.truncate(tail.end);
         producers.stamp_unknown(producers::wall_clock_ms());
-        // What recovery kept may be only in the page cache (the process, not the machine,
-        // went down): make it durable before calling it so. After a clean shutdown it
-        // already is (the stop synced the file system before leaving its marker).
-        if !shared.clean_start {
-            faults::check(faults::Op::Sync, &log_path)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| Error::io("fsync", &log_path, e))?;
-        }
+        // What recovery kept is durable: `Storage::open` synced the file system unless a
+        // clean shutdown had (`clean`), so no log needs an fsync of its own here.
         // Index files are derived data: rewritten only when recovery's differ.
         if tail.index.offsets != offsets {
             rewrite(&index_path, &tail.index.offsets, false)?;
@@ -319,7 +313,7 @@ impl Log {
             durable: AtomicU64::new(tail.end),
             sync: Mutex::new(SyncState::default()),
             sync_done: Condvar::new(),
-            sync_file: Mutex::new(file),
+            sync_file: Mutex::new((file, log_path.clone())),
             last_sync: Mutex::new(Instant::now()),
             data_lock: Mutex::new(()),
             data_ready: Condvar::new(),
@@ -452,8 +446,7 @@ impl Log {
         // Release the reserved tail, so the next start has nothing to cut (no view reaches
         // past `pos`, so no page is pulled from under a reader).
         if w.reserved > w.pos {
-            w.file
-                .set_len(w.pos)
+            disk::set_len(&w.file, &w.segment.log_path, w.pos)
                 .map_err(|e| Error::io("truncate", &w.segment.log_path, e))?;
             w.reserved = w.pos;
         }
@@ -477,28 +470,22 @@ impl Log {
 fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<File> {
     let open = |ext: &str| -> Result<File> {
         let path = dir.join(segment::file_name(base, ext));
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| Error::io("create", &path, e))
+        disk::open(&path, true, true).map_err(|e| Error::io("create", &path, e))
     };
     // The snapshot comes first: once the new `.log` exists it is the last segment, and
     // recovery needs the producer state of the older segments from this snapshot. (A
     // snapshot without its `.log` is an orphan that the next open removes.)
     let snapshot_path = dir.join(segment::file_name(base, "producers"));
     if snapshot.producers.is_empty() {
-        match fs::remove_file(&snapshot_path) {
+        match disk::remove_file(&snapshot_path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &snapshot_path, e)),
         }
     } else {
         let snap = open("producers")?;
-        snap.write_all_at(&snapshot.encode(), 0)
-            .and_then(|()| snap.sync_data())
+        disk::write_at(&snap, &snapshot_path, &snapshot.encode(), 0)
+            .and_then(|()| disk::sync_data(&snap, &snapshot_path))
             .map_err(|e| Error::io("write", &snapshot_path, e))?;
     }
     open("index")?;
@@ -509,17 +496,10 @@ fn create_segment_files(dir: &Path, base: u64, snapshot: &Snapshot) -> Result<Fi
 /// Replaces a small derived file's content in place (indexes: rebuilt if torn, so synced
 /// only when `sync` asks, as a roll under `Always` does).
 fn rewrite(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| Error::io("create", path, e))?;
-    f.write_all_at(bytes, 0)
-        .map_err(|e| Error::io("write", path, e))?;
+    let f = disk::open(path, true, true).map_err(|e| Error::io("create", path, e))?;
+    disk::write_at(&f, path, bytes, 0).map_err(|e| Error::io("write", path, e))?;
     if sync {
-        f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+        disk::sync_data(&f, path).map_err(|e| Error::io("fsync", path, e))?;
     }
     Ok(())
 }
@@ -533,33 +513,12 @@ fn read_optional(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn remove_file(path: &Path) -> Result<()> {
-    fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+    disk::remove_file(path).map_err(|e| Error::io("remove", path, e))
 }
 
 /// fsyncs a directory so the names created or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
-}
-
-/// Allocates blocks for `offset..offset+len` and extends the file over them. Falls back to
-/// writing zeros where the file system has no fallocate.
-fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::OPNOTSUPP) => {
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = offset;
-            while at < offset + len {
-                let n = (offset + len - at).min(zeros.len() as u64) as usize;
-                file.write_all_at(&zeros[..n], at)?;
-                at += n as u64;
-            }
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+    disk::sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 #[cfg(test)]

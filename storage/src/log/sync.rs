@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::faults;
+use crate::{disk, faults};
 
 use super::{Log, sync_dir};
 
 impl Log {
     pub(super) fn fsync(&self, file: &File, path: &Path) -> Result<()> {
         faults::check(faults::Op::Sync, path)
-            .and_then(|()| file.sync_data())
+            .and_then(|()| disk::sync_data(file, path))
             .inspect(|()| {
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
             })
@@ -161,7 +161,7 @@ impl Log {
         // in between queues the older segment before it swaps the active file, so
         // together they cover everything below `end`.
         let end = self.end_offset();
-        let file = Arc::clone(&self.sync_file.lock());
+        let (file, path) = self.sync_file.lock().clone();
         let unsynced = std::mem::take(&mut *self.unsynced.lock());
         let mut result = Ok(());
         for (i, path) in unsynced.iter().enumerate() {
@@ -192,7 +192,7 @@ impl Log {
             // durable may never be, and this list is gone. Poison, as for data.
             result = sync_dir(&self.dir).inspect_err(|e| self.fail(e));
         }
-        let result = result.and_then(|()| self.fsync(&file, &self.dir));
+        let result = result.and_then(|()| self.fsync(&file, &path));
         if result.is_ok() {
             self.durable.fetch_max(end, Ordering::AcqRel);
             *self.last_sync.lock() = Instant::now();
