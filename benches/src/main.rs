@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! spool-bench scale [--topics N] [--partitions N] [--json]
+//! spool-bench fanout [--subscribers N] [--members N] [--rate N] [--duration SECS] [--json]
+//! spool-bench lowload [--rate N] [--duration SECS] [--fsync always|interval|never] [--json]
 //! spool-bench produce|consume|e2e [--target spool|nats|redis] [--server URL]
 //!     [--producers N] [--consumers N] [--partitions N] [--message-size BYTES]
 //!     [--batch-size N] [--linger-ms N] [--fsync always|interval|never]
@@ -13,6 +15,10 @@
 //! - `consume`: reads a topic pre-filled (untimed) with `--count` messages from its start;
 //!   latency is the wait per delivery batch (stalls), not a per-message figure.
 //! - `scale`: see [`scale`]: memory, files, disk and restart times of many partitions.
+//! - `fanout`: see [`fanout`]: delivery latency and memory with many Subscribe streams and
+//!   many group members at once.
+//! - `lowload`: see [`lowload`]: one durable unary append at a time beside the disk's own
+//!   `pwrite` + `fdatasync`.
 //! - `e2e`: consumers subscribed first; each payload carries its (intended) send time and
 //!   the latency is delivery time minus that.
 //! - `--rate` makes producers open-loop: message k of a producer is due at
@@ -30,6 +36,8 @@
 //! - `nats`: JetStream (async-nats): async publishes, pull consumers.
 //! - `redis`: Redis Streams (redis-rs): pipelined XADD, XREAD.
 
+mod fanout;
+mod lowload;
 mod nats;
 mod redis;
 mod report;
@@ -52,6 +60,10 @@ enum ModeArg {
     E2e,
     /// Cost as partitions grow: `--topics` × `--partitions` on one spoold (Spool only).
     Scale,
+    /// Many readers at once: `--subscribers` streams, then `--members` group members.
+    Fanout,
+    /// One durable unary append at a time at `--rate`, beside the disk's pwrite + fdatasync.
+    Lowload,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,6 +108,12 @@ struct Cli {
     producers: usize,
     #[arg(long, default_value_t = 1)]
     consumers: usize,
+    /// Subscribe streams on one partition (fanout).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Members of one group on a topic of as many partitions (fanout).
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
     /// Topics to create (scale).
     #[arg(long, default_value_t = 1000)]
     topics: u32,
@@ -148,6 +166,26 @@ fn main() -> anyhow::Result<()> {
             println!("{}", if cli.json { r.json() } else { r.text() });
             return Ok(());
         }
+        ModeArg::Fanout => {
+            let rate = cli.rate.unwrap_or(100.0);
+            let duration = Duration::from_secs_f64(cli.duration.unwrap_or(10.0));
+            let phases =
+                runtime.block_on(fanout::run(cli.subscribers, cli.members, rate, duration))?;
+            print_all(cli.json, &phases, fanout::Phase::text, fanout::Phase::json);
+            return Ok(());
+        }
+        ModeArg::Lowload => {
+            let rate = cli.rate.unwrap_or(1000.0);
+            let duration = Duration::from_secs_f64(cli.duration.unwrap_or(10.0));
+            let rounds = runtime.block_on(lowload::run(rate, duration, cli.fsync))?;
+            print_all(
+                cli.json,
+                &rounds,
+                lowload::Round::text,
+                lowload::Round::json,
+            );
+            return Ok(());
+        }
     };
     if cli.producers == 0 || cli.consumers == 0 || cli.partitions == 0 || cli.batch_size == 0 {
         bail!("--producers, --consumers, --partitions and --batch-size must be at least 1");
@@ -186,6 +224,23 @@ fn main() -> anyhow::Result<()> {
         println!("{}", summary.text());
     }
     Ok(())
+}
+
+/// Prints one line per result, or one JSON array of them.
+fn print_all<T>(
+    json: bool,
+    results: &[T],
+    text: fn(&T) -> String,
+    to_json: fn(&T) -> serde_json::Value,
+) {
+    if json {
+        let all: Vec<serde_json::Value> = results.iter().map(to_json).collect();
+        println!("{}", serde_json::Value::Array(all));
+    } else {
+        for r in results {
+            println!("{}", text(r));
+        }
+    }
 }
 
 async fn run(cli: &Cli, w: &Workload) -> anyhow::Result<report::Summary> {

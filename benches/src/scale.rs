@@ -53,15 +53,7 @@ pub async fn run(topics: u32, partitions: u32) -> anyhow::Result<ScaleReport> {
     let began = Instant::now();
     append_everywhere(&client, &names, partitions, "first").await?;
     let append = began.elapsed();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", spoold.pid()))?;
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let (rss_kib, rss_anon_kib) = (kib("VmRSS:"), kib("RssAnon:"));
+    let (rss_kib, rss_anon_kib) = spoold.memory_kib()?;
     let fds = std::fs::read_dir(format!("/proc/{}/fd", spoold.pid()))?.count() as u64;
     let disk_kib = disk_kib(spoold.data_dir())?;
     drop(client);

@@ -66,6 +66,19 @@ impl Spoold {
         self.child.id()
     }
 
+    /// The broker's resident and anonymous memory (`VmRSS`, `RssAnon`), KiB.
+    pub fn memory_kib(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((kib("VmRSS:"), kib("RssAnon:")))
+    }
+
     /// Stops it gracefully (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let pid = rustix::process::Pid::from_child(&self.child);

@@ -31,11 +31,11 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::Shared;
 use crate::config::{Durability, LogConfig};
+use crate::disk;
 use crate::error::{Error, Result};
 use crate::producer::{ProducerTable, Snapshot};
 use crate::recovery;
 use crate::segment::{self, ActiveIndex, IndexBuilder, Segment};
-use crate::disk;
 
 /// A snapshot of the active segment's state is saved every this many appended bytes.
 const SNAPSHOT_INTERVAL_BYTES: u64 = 32 * 1024 * 1024;
