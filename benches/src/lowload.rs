@@ -1,10 +1,12 @@
 //! `spool-bench lowload`: the latency of one durable append when nothing else is going on,
-//! beside what the disk itself takes (`--fsync never` isolates the rest of the path). At `--rate` requests per second for `--duration`
-//! seconds (open loop: each request is due at its slot and its latency counts from then),
+//! beside what the disk itself takes. At `--rate` requests per second for `--duration`
+//! seconds (open loop: a request sent late, because the one before overran its slot,
+//! counts its latency from its slot; one sent on time, from when the pacer woke),
 //! alternately: the disk alone (a 4 KiB `pwrite` then `fdatasync`, appending to a file in
 //! the broker's data directory, so the same file system) and Spool (a unary `Append` of
-//! one 1 KiB record to a topic with fsync `always`, one in flight). Each is run `ROUNDS`
-//! times, interleaved, so both see the same machine.
+//! one 1 KiB record, one in flight, to a topic with `--fsync`: `always` by default, `never`
+//! isolates the rest of the path). Each is run `ROUNDS` times, interleaved, so both see
+//! the same machine.
 
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -85,9 +87,11 @@ fn disk_round(
     let (total, due) = schedule(rate, duration);
     let began = Instant::now();
     for k in 0..total {
-        let at = began + due(k);
-        if let Some(wait) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+        let mut at = began + due(k);
+        if at > Instant::now() {
+            std::thread::sleep(at - Instant::now());
+            // On time: count from the wake-up, so the sleep's overshoot is not latency.
+            at = Instant::now();
         }
         file.write_all_at(&block, k * DISK_WRITE as u64)?;
         file.sync_data()?;
@@ -109,8 +113,13 @@ async fn append_round(
     let (total, due) = schedule(rate, duration);
     let began = tokio::time::Instant::now();
     for k in 0..total {
-        let at = began + due(k);
-        tokio::time::sleep_until(at).await;
+        let mut at = began + due(k);
+        if at > tokio::time::Instant::now() {
+            tokio::time::sleep_until(at).await;
+            // On time: count from the wake-up (tokio's timer wheel rounds sleeps up to the
+            // next millisecond, which is the bench's delay, not the broker's).
+            at = tokio::time::Instant::now();
+        }
         client
             .append(AppendRequest {
                 topic: topic.to_string(),
