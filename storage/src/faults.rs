@@ -18,6 +18,8 @@ pub enum Op {
     Sync,
     /// Opening a closed segment's file to sync it (e.g. `EMFILE`).
     Open,
+    /// Removing a file (retention, truncation, leftovers).
+    Remove,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -46,6 +48,14 @@ mod imp {
     }
 
     static RULES: Mutex<Vec<Rule>> = Mutex::new(Vec::new());
+    /// Threads inside a stall right now.
+    static STALLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// How many threads are blocked in a [`stall`] right now, so a test can wait until the
+    /// operation it stalled has begun.
+    pub fn stalled() -> usize {
+        STALLED.load(std::sync::atomic::Ordering::SeqCst)
+    }
 
     /// Fails the next `times` operations `op` on files under `dir` with OS error `errno`
     /// (e.g. 28, ENOSPC); `u64::MAX` fails them until [`clear`].
@@ -93,7 +103,9 @@ mod imp {
         match effect {
             Effect::Fail(errno) => Err(io::Error::from_raw_os_error(errno)),
             Effect::Stall(delay) => {
+                STALLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 std::thread::sleep(delay);
+                STALLED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 Ok(())
             }
         }
@@ -101,7 +113,7 @@ mod imp {
 }
 
 #[cfg(feature = "fault-injection")]
-pub use imp::{clear, fail, stall};
+pub use imp::{clear, fail, stall, stalled};
 
 #[cfg(feature = "fault-injection")]
 pub(crate) use imp::check;

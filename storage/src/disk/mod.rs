@@ -143,6 +143,7 @@ pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Removes the file `path`.
 pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
+    crate::faults::check(crate::faults::Op::Remove, path)?;
     observe(
         path,
         || fs::remove_file(path),
