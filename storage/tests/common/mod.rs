@@ -5,7 +5,7 @@
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -196,4 +196,25 @@ pub fn batch_starts(data: &[u8]) -> (Vec<usize>, usize) {
         pos += h.total_len;
     }
     (starts, pos)
+}
+
+/// A random seed, printed so a failure can be replayed with `SPOOL_TEST_SEED`.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("SPOOL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{test}: seed {seed} (replay with SPOOL_TEST_SEED={seed})");
+    seed
+}
+
+/// The `.log` files of the log `log` under `root`, in offset order.
+pub fn segment_files(log: &str, root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(log))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
 }
