@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::mailbox::Mailbox;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// The most commands waiting for one member's stream. Commands are sent under the
-/// coordinator's lock and must never be dropped (a lost `Start` or `Assign` would stall a
-/// partition), so a stream that lets this many pile up is ended instead (see
-/// [`Joined::overflow`]); its member reconnects and resumes without a rebalance.
+/// The fewest commands one member's stream may have waiting before it is ended, a safety
+/// net: its [`Mailbox`] coalesces `Assign`s, so it holds at most one `Assign` and one
+/// `Start` per partition (the cap is this plus the topic's partitions). A stream ended by
+/// it resumes, reconnecting with its member id, without a rebalance.
 pub const MAX_PENDING_COMMANDS: usize = 256;
 
 /// What the coordinator tells a member's stream.
@@ -52,18 +51,19 @@ struct Holder {
 
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Command>,
-    overflow: CancellationToken,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Conn {
-    /// Queues `cmd` for the stream; a full queue ends the stream (never a dropped command:
-    /// the stream's end hands its holdings back to the member, whose next stream gets a
-    /// fresh `Assign` and its `Start`s).
+    /// Queues `cmd` for the stream (never dropped; see [`Mailbox`]).
     fn tell(&self, cmd: Command) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(cmd) {
-            self.overflow.cancel();
-        }
+        self.mailbox.tell(cmd);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.mailbox.close();
     }
 }
 
@@ -96,9 +96,8 @@ pub struct MemberInfo {
 pub struct Joined {
     pub member_id: String,
     pub conn: u64,
-    pub commands: mpsc::Receiver<Command>,
-    /// Cancelled when the stream let [`MAX_PENDING_COMMANDS`] pile up: it must end.
-    pub overflow: CancellationToken,
+    /// The coordinator's commands; its `overflow` says the stream must end.
+    pub commands: Arc<Mailbox>,
 }
 
 /// All consumer groups' membership.
@@ -124,8 +123,7 @@ impl Coordinator {
         } else {
             member_id.to_string()
         };
-        let (tx, rx) = mpsc::channel(MAX_PENDING_COMMANDS);
-        let overflow = CancellationToken::new();
+        let mailbox = Arc::new(Mailbox::new(MAX_PENDING_COMMANDS + partitions as usize));
         let mut groups = self.groups.lock();
         let g = groups
             .entry((group.to_string(), topic.to_string()))
@@ -133,8 +131,7 @@ impl Coordinator {
         g.partitions = partitions;
         let conn = Conn {
             id: conn_id,
-            tx,
-            overflow: overflow.clone(),
+            mailbox: Arc::clone(&mailbox),
         };
         match g.members.get_mut(&member_id) {
             Some(m) => {
@@ -169,8 +166,7 @@ impl Coordinator {
         Joined {
             member_id,
             conn: conn_id,
-            commands: rx,
-            overflow,
+            commands: mailbox,
         }
     }
 
@@ -488,9 +484,9 @@ mod tests {
     #[tokio::test]
     async fn a_partition_moves_only_after_its_old_owner_releases_it() {
         let c = Arc::new(Coordinator::default());
-        let mut a = c.join("g", "t", 2, "a", Duration::from_secs(10));
+        let a = c.join("g", "t", 2, "a", Duration::from_secs(10));
         let mut got = Vec::new();
-        while let Ok(cmd) = a.commands.try_recv() {
+        while let Some(cmd) = a.commands.try_recv() {
             got.push(cmd);
         }
         assert_eq!(
@@ -504,7 +500,7 @@ mod tests {
                 Command::Start { partition: 1 },
             ]
         );
-        let mut b = c.join("g", "t", 2, "b", Duration::from_secs(10));
+        let b = c.join("g", "t", 2, "b", Duration::from_secs(10));
         assert_eq!(
             a.commands.try_recv().unwrap(),
             Command::Assign {
@@ -520,7 +516,7 @@ mod tests {
             }
         );
         assert!(
-            b.commands.try_recv().is_err(),
+            b.commands.try_recv().is_none(),
             "b must wait for a to release 1"
         );
         c.release("g", "t", "a", a.conn, &[1]);
@@ -535,7 +531,7 @@ mod tests {
         let c = Arc::new(Coordinator::default());
         let a = c.join("g", "t", 3, "a", Duration::from_secs(10));
         c.leave("g", "t", "a", a.conn);
-        let mut a2 = c.join("g", "t", 3, "a", Duration::from_secs(10));
+        let a2 = c.join("g", "t", 3, "a", Duration::from_secs(10));
         assert_eq!(
             a2.commands.try_recv().unwrap(),
             Command::Assign {
@@ -550,42 +546,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stream_that_never_reads_its_commands_is_ended_not_buffered_without_limit() {
+    async fn a_stream_that_never_reads_its_commands_holds_only_the_newest_assign_and_its_starts() {
         let c = Arc::new(Coordinator::default());
         let a = c.join("g", "t", 3, "a", Duration::from_secs(10));
         // Hostile churn: every join and leave rebalances, and each rebalance sends `a` an
         // `Assign` that it never reads.
-        for i in 0..2 * MAX_PENDING_COMMANDS {
+        for i in 0..4 * MAX_PENDING_COMMANDS {
             let x = c.join("g", "t", 3, &format!("x{i}"), Duration::from_secs(10));
             c.remove("g", "t", &format!("x{i}"), x.conn);
         }
-        assert!(a.commands.len() <= MAX_PENDING_COMMANDS);
+        assert!(!a.commands.overflow.is_cancelled(), "nothing piled up");
         assert!(
-            a.overflow.is_cancelled(),
-            "the stream must be told to end rather than lose commands"
+            a.commands.len() <= 1 + 3,
+            "{} commands queued",
+            a.commands.len()
         );
-        // Its end hands the holdings back to the member: the next stream resumes them.
-        c.leave("g", "t", "a", a.conn);
-        let mut a2 = c.join("g", "t", 3, "a", Duration::from_secs(10));
-        assert!(matches!(
-            a2.commands.try_recv().unwrap(),
-            Command::Assign { partitions, .. } if partitions == vec![0, 1, 2]
-        ));
+        let mut assigns = 0;
         let mut started = Vec::new();
-        while let Ok(Command::Start { partition }) = a2.commands.try_recv() {
-            started.push(partition);
+        while let Some(cmd) = a.commands.try_recv() {
+            match cmd {
+                Command::Assign { partitions, .. } => {
+                    assigns += 1;
+                    assert_eq!(partitions, vec![0, 1, 2], "the newest assignment");
+                }
+                Command::Start { partition } => started.push(partition),
+                other => panic!("unexpected {other:?}"),
+            }
         }
+        assert_eq!(assigns, 1);
         assert_eq!(started, vec![0, 1, 2]);
-        assert!(!a2.overflow.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_member_of_a_topic_with_more_partitions_than_the_safety_net_gets_every_start() {
+        let c = Arc::new(Coordinator::default());
+        let partitions = 4 * MAX_PENDING_COMMANDS as u32;
+        let a = c.join("g", "t", partitions, "a", Duration::from_secs(10));
+        assert!(!a.commands.overflow.is_cancelled());
+        let mut started = 0;
+        while let Some(cmd) = a.commands.try_recv() {
+            started += u32::from(matches!(cmd, Command::Start { .. }));
+        }
+        assert_eq!(started, partitions);
     }
 
     #[tokio::test(start_paused = true)]
     async fn expired_member_partitions_move_to_the_others() {
         let c = Arc::new(Coordinator::default());
         let a = c.join("g", "t", 4, "a", Duration::from_millis(500));
-        let mut b = c.join("g", "t", 4, "b", Duration::from_millis(500));
+        let b = c.join("g", "t", 4, "b", Duration::from_millis(500));
         c.release("g", "t", "a", a.conn, &[2, 3]);
-        while b.commands.try_recv().is_ok() {}
+        while b.commands.try_recv().is_some() {}
         c.leave("g", "t", "a", a.conn);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(

@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod health;
+pub mod mailbox;
 pub mod metrics;
 pub mod offsets;
 pub mod quota;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mailbox::Mailbox;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -28,7 +29,6 @@ use spool_proto::v1::{
 use spool_storage::StoredRecord;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use super::Inner;
@@ -83,7 +83,7 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(inner.config.stream_buffer);
     inner.metrics.active_subscriptions.inc();
     let session = Session::new(inner, who, topic, join, joined.member_id, joined.conn, tx);
-    tokio::spawn(session.run(requests, joined.commands, joined.overflow));
+    tokio::spawn(session.run(requests, joined.commands));
     Ok(ReceiverStream::new(rx))
 }
 
@@ -273,12 +273,8 @@ impl Session {
         }
     }
 
-    async fn run(
-        mut self,
-        mut requests: Streaming<ConsumeRequest>,
-        mut commands: mpsc::Receiver<Command>,
-        overflow: CancellationToken,
-    ) {
+    async fn run(mut self, mut requests: Streaming<ConsumeRequest>, commands: Arc<Mailbox>) {
+        let overflow = commands.overflow.clone();
         let _leave = LeaveGuard {
             inner: Arc::clone(&self.inner),
             group: self.group.clone(),
@@ -296,8 +292,8 @@ impl Session {
                 biased;
                 () = self.inner.shutdown.cancelled() => break Err(Error::ShuttingDown),
                 () = overflow.cancelled() => break Err(Error::ResourceExhausted(format!(
-                    "member {} fell behind: {MAX_PENDING_COMMANDS} group commands were waiting for this stream; reconnect with the same member id to resume without a rebalance",
-                    self.member_id
+                    "member {} fell behind: more than {} group commands were waiting for this stream; reconnect with the same member id to resume without a rebalance",
+                    self.member_id, MAX_PENDING_COMMANDS
                 ))),
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
@@ -493,8 +489,12 @@ impl Session {
                     self.release(&now);
                 }
             }
+            // A grant for a partition a newer (coalesced) `Assign` took away: hand it back.
+            Command::Start { partition } if !self.target.contains(&partition) => {
+                self.release(&[partition]);
+            }
             Command::Start { partition } => {
-                if self.target.contains(&partition) && !self.parts.contains_key(&partition) {
+                if !self.parts.contains_key(&partition) {
                     let p = self.topic.partition(partition)?;
                     let log = &p.log;
                     let start = log.start_offset();
