@@ -44,13 +44,12 @@ impl Mailbox {
     /// Queues `cmd`, an `Assign` in place of one still queued.
     pub fn tell(&self, cmd: Command) {
         let mut st = self.state.lock();
-        let queued_assign = matches!(cmd, Command::Assign { .. })
-            .then(|| {
-                st.queue
-                    .iter_mut()
-                    .find(|c| matches!(c, Command::Assign { .. }))
-            })
-            .flatten();
+        let is_assign = |c: &Command| matches!(c, Command::Assign { .. });
+        let queued_assign = if is_assign(&cmd) {
+            st.queue.iter_mut().find(|c| is_assign(c))
+        } else {
+            None
+        };
         match queued_assign {
             Some(slot) => *slot = cmd,
             None => st.queue.push_back(cmd),

@@ -481,8 +481,8 @@ fn open_topics(
     Ok(topics)
 }
 
-/// Threads that open logs at once: opening waits on the disk (reads, and after a crash an
-/// fsync per partition), so ten thousand partitions recover in parallel, not in turn.
+/// Threads that open logs at once: opening waits on the disk (listing, reading indexes,
+/// snapshots and the tail), so ten thousand partitions recover in parallel, not in turn.
 const OPEN_THREADS: usize = 8;
 
 /// Opens the logs `jobs` names, in order; stops at the first failure (the logs opened so

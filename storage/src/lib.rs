@@ -70,9 +70,6 @@ pub(crate) struct Shared {
     /// Idempotent producers remembered by all logs, and the cap on them.
     producers: std::sync::atomic::AtomicUsize,
     max_producers: usize,
-    /// The storage opened after a clean shutdown (an intact marker, now removed): what the
-    /// logs hold is already durable, so neither the open nor the logs sync anything.
-    clean_start: bool,
 }
 
 impl Shared {
@@ -93,6 +90,9 @@ pub struct Storage {
     root: PathBuf,
     shared: Arc<Shared>,
     _lock: File,
+    /// Opened after a clean shutdown (an intact marker, now removed): what the logs hold
+    /// was already durable, so the open synced nothing.
+    clean_start: bool,
 }
 
 impl Storage {
@@ -130,8 +130,8 @@ impl Storage {
                 on_failure: parking_lot::RwLock::new(None),
                 producers: std::sync::atomic::AtomicUsize::new(0),
                 max_producers: config.max_producers,
-                clean_start,
             }),
+            clean_start,
             _lock: lock,
         })
     }
@@ -169,7 +169,7 @@ impl Storage {
 
     /// Whether this start followed a clean shutdown ([`Storage::mark_clean`]).
     pub fn clean_start(&self) -> bool {
-        self.shared.clean_start
+        self.clean_start
     }
 
     /// Leaves the clean-shutdown marker for the next start: call once every log is closed

@@ -26,16 +26,6 @@ const ENOSPC: i32 = 28;
 const EDQUOT: i32 = 122;
 const EIO: i32 = 5;
 
-/// A random seed, printed so a failure can be replayed with `SPOOL_TEST_SEED`.
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("SPOOL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("{test}: seed {seed} (replay with SPOOL_TEST_SEED={seed})");
-    seed
-}
-
 /// Small segments and small reservation steps, so reservations and rolls happen often.
 fn config(durability: Durability) -> LogConfig {
     LogConfig {
@@ -183,7 +173,7 @@ fn a_full_disk_when_a_segment_rolls_leaves_the_log_usable() {
 /// and once more after a reopen.
 #[test]
 fn random_full_disk_episodes_never_lose_or_reorder_acknowledged_records() {
-    let seed = seed("random_full_disk_episodes");
+    let seed = common::seed("random_full_disk_episodes");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(Durability::Always);

@@ -93,6 +93,11 @@ mod imp {
         journal
     }
 
+    /// Whether changes under `path` are being recorded.
+    pub(crate) fn recording(path: &Path) -> bool {
+        JOURNALS.lock().iter().any(|j| path.starts_with(&j.root))
+    }
+
     /// Stops recording into `journal`.
     pub fn stop(journal: &Arc<Journal>) {
         JOURNALS.lock().retain(|j| !Arc::ptr_eq(j, journal));
@@ -127,7 +132,13 @@ mod imp {
 pub use imp::{Journal, record, stop};
 
 #[cfg(feature = "fault-injection")]
-pub(crate) use imp::observe;
+pub(crate) use imp::{observe, recording};
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn recording(_path: &Path) -> bool {
+    false
+}
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]

@@ -48,7 +48,8 @@ pub(crate) fn open(path: &Path, create: bool, truncate: bool) -> io::Result<File
     observe(
         path,
         || {
-            let existed = !create || path.try_exists()?;
+            // Only a recording needs to know whether this creates the file.
+            let existed = !create || !journal::recording(path) || path.try_exists()?;
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
