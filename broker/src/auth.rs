@@ -70,6 +70,8 @@ impl fmt::Display for Operation {
 pub enum Resource<'a> {
     Topic(&'a str),
     Group(&'a str),
+    /// A queue, by name (the same name on two topics is one resource, like groups).
+    Queue(&'a str),
     /// The broker itself (reflection, and anything not tied to a topic or group).
     Cluster,
 }
@@ -79,6 +81,7 @@ impl fmt::Display for Resource<'_> {
         match self {
             Resource::Topic(t) => write!(f, "topic:{t}"),
             Resource::Group(g) => write!(f, "group:{g}"),
+            Resource::Queue(q) => write!(f, "queue:{q}"),
             Resource::Cluster => f.write_str("cluster"),
         }
     }
@@ -98,7 +101,7 @@ pub struct TokenConfig {
 
 /// One ACL rule: `principal` (a name or `*` for any authenticated principal) may perform
 /// `operations` on resources matching `resource`: `topic:NAME`, `topic:PREFIX*`,
-/// `group:NAME`, `group:PREFIX*`, or `cluster`.
+/// `group:NAME`, `group:PREFIX*`, `queue:NAME`, `queue:PREFIX*`, or `cluster`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AclRule {
@@ -147,6 +150,7 @@ impl Pattern {
 enum ResourcePattern {
     Topic(Pattern),
     Group(Pattern),
+    Queue(Pattern),
     Cluster,
 }
 
@@ -223,9 +227,11 @@ impl Auth {
                 ResourcePattern::Topic(Pattern::parse(t))
             } else if let Some(g) = r.resource.strip_prefix("group:") {
                 ResourcePattern::Group(Pattern::parse(g))
+            } else if let Some(q) = r.resource.strip_prefix("queue:") {
+                ResourcePattern::Queue(Pattern::parse(q))
             } else {
                 return Err(format!(
-                    "auth.acl[{i}].resource {:?} must be topic:NAME, topic:PREFIX*, group:NAME, group:PREFIX* or cluster",
+                    "auth.acl[{i}].resource {:?} must be topic:NAME, topic:PREFIX*, group:NAME, group:PREFIX*, queue:NAME, queue:PREFIX* or cluster",
                     r.resource
                 ));
             };
@@ -297,6 +303,7 @@ impl Auth {
                 && match (&r.resource, resource) {
                     (ResourcePattern::Topic(p), Resource::Topic(t)) => p.matches(t),
                     (ResourcePattern::Group(p), Resource::Group(g)) => p.matches(g),
+                    (ResourcePattern::Queue(p), Resource::Queue(q)) => p.matches(q),
                     (ResourcePattern::Cluster, Resource::Cluster) => true,
                     _ => false,
                 }

@@ -23,6 +23,11 @@ pub enum Error {
         partition: u32,
         partitions: u32,
     },
+    #[error("queue {queue:?} on topic {topic:?} does not exist")]
+    QueueNotFound { topic: String, queue: String },
+    /// A queue exists with another config; the message says which.
+    #[error("{0}")]
+    QueueExists(String),
     /// A committed offset past the partition's end.
     #[error("offset {offset} is past the end offset {end} of {topic:?} partition {partition}")]
     CommitOutOfRange {

@@ -29,6 +29,7 @@ pub mod health;
 pub mod mailbox;
 pub mod metrics;
 pub mod offsets;
+pub mod queue;
 pub mod quota;
 pub mod registry;
 pub mod server;

@@ -34,6 +34,7 @@ pub struct Running {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     metrics_task: tokio::task::JoinHandle<std::io::Result<()>>,
     retention_task: tokio::task::JoinHandle<()>,
+    dead_letter_task: tokio::task::JoinHandle<()>,
     health_task: tokio::task::JoinHandle<()>,
     health: tonic_health::server::HealthReporter,
 }
@@ -60,12 +61,13 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     let cfg = Arc::clone(&config);
     let partition_events = crate::health::PartitionEvents::default();
     let hook = partition_events.storage_hook();
-    let (registry, offsets) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (registry, offsets, queues) = tokio::task::spawn_blocking(move || -> Result<_> {
         let storage = Arc::new(Storage::open(&data_dir, storage_config)?);
         storage.on_failure(hook);
         let offsets = OffsetStore::open(&storage)?;
         let registry = Registry::open(Arc::clone(&storage), cfg)?;
-        Ok((registry, offsets))
+        let queues = crate::queue::Queues::open(&storage, &registry)?;
+        Ok((Arc::new(registry), offsets, Arc::new(queues)))
     })
     .await??;
     let topics = registry.list();
@@ -103,6 +105,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         )),
         registry,
         offsets,
+        queues,
         metrics: Metrics::default(),
         groups: Arc::new(crate::groups::Coordinator::default()),
         partition_events,
@@ -198,6 +201,11 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         token.clone(),
     ));
     let retention_task = tokio::spawn(retention_loop(Arc::clone(&inner)));
+    let dead_letter_task = tokio::spawn(crate::queue::dead_letter::run(
+        Arc::clone(&inner.queues),
+        Arc::clone(&inner.registry),
+        token.clone(),
+    ));
     let health_task = tokio::spawn(crate::health::watch(
         Arc::clone(&inner),
         health.clone(),
@@ -212,6 +220,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         server,
         metrics_task,
         retention_task,
+        dead_letter_task,
         health_task,
         health,
     })
@@ -251,6 +260,7 @@ impl Running {
             settled = false;
         }
         self.retention_task.abort();
+        let _ = (&mut self.dead_letter_task).await;
         let _ = (&mut self.health_task).await;
         let _ = (&mut self.metrics_task).await;
         let inner = Arc::clone(&self.inner);
@@ -258,6 +268,10 @@ impl Running {
             let mut clean = inner.registry.close() && settled;
             if let Err(e) = inner.offsets.close() {
                 tracing::error!(error = %e, "closing the offsets log failed");
+                clean = false;
+            }
+            if let Err(e) = inner.queues.close() {
+                tracing::error!(error = %e, "closing the queue log failed");
                 clean = false;
             }
             // Everything is closed and nothing writes again: the next start may trust it.

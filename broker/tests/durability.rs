@@ -66,6 +66,7 @@ async fn graceful_restart_keeps_topics_records_and_committed_offsets() {
                 }],
                 timestamp_ms: 0,
                 offset: 0,
+                deliver_at_ms: 0,
             })
             .collect();
         append(&mut c, "configured", b % 2, records).await;

@@ -136,6 +136,7 @@ async fn append_then_read_keeps_keys_headers_order_and_timestamps() {
         headers: headers.clone(),
         timestamp_ms: 0,
         offset: 999, // ignored on append
+        deliver_at_ms: 0,
     };
     let second = Record {
         value: Bytes::from_static(&[0, 255, 7]),

@@ -101,6 +101,37 @@ fn descriptor_set_declares_every_broker_rpc_with_its_streaming_shape() {
             false,
             false,
         ),
+        (
+            "CreateQueue",
+            "CreateQueueRequest",
+            "CreateQueueResponse",
+            false,
+            false,
+        ),
+        (
+            "DeleteQueue",
+            "DeleteQueueRequest",
+            "DeleteQueueResponse",
+            false,
+            false,
+        ),
+        (
+            "ListQueues",
+            "ListQueuesRequest",
+            "ListQueuesResponse",
+            false,
+            false,
+        ),
+        (
+            "DescribeQueue",
+            "DescribeQueueRequest",
+            "DescribeQueueResponse",
+            false,
+            false,
+        ),
+        ("Receive", "ReceiveRequest", "ReceiveResponse", false, false),
+        ("Settle", "SettleRequest", "SettleResponse", false, false),
+        ("Work", "WorkRequest", "WorkResponse", true, true),
     ];
     let service = &file.service[0];
     assert_eq!(service.name(), "Broker");
@@ -169,6 +200,7 @@ fn generated_types_have_the_contract_field_names() {
         }],
         timestamp_ms: 0,
         offset: 0,
+        deliver_at_ms: 0,
     };
     let config = v1::TopicConfig {
         retention_bytes: 0,
@@ -343,4 +375,93 @@ fn topic_config_numbers_the_fields_other_issues_reserved() {
     };
     assert_eq!(number("producer_id_expiration_ms"), Some(11));
     assert_eq!(number("max_record_bytes"), Some(6));
+}
+
+#[test]
+fn queue_messages_number_their_fields_as_the_queue_issue_gave_them() {
+    let fds = FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("descriptor set decodes");
+    let messages: Vec<_> = fds.file.iter().flat_map(|f| &f.message_type).collect();
+    let fields = |message: &str| -> Vec<(String, i32)> {
+        let m = messages
+            .iter()
+            .find(|m| m.name() == message)
+            .unwrap_or_else(|| panic!("{message}"));
+        m.field
+            .iter()
+            .map(|f| (f.name().to_string(), f.number()))
+            .collect()
+    };
+    let named = |pairs: &[(&str, i32)]| -> Vec<(String, i32)> {
+        pairs.iter().map(|(n, i)| (n.to_string(), *i)).collect()
+    };
+    assert!(fields("Record").contains(&("deliver_at_ms".to_string(), 6)));
+    assert_eq!(
+        fields("QueueConfig"),
+        named(&[
+            ("lease_ms", 1),
+            ("max_deliveries", 2),
+            ("retry_backoff_min_ms", 3),
+            ("retry_backoff_max_ms", 4),
+            ("dead_letter_topic", 5),
+            ("delivery_delay_ms", 6),
+            ("ordering", 7),
+            ("max_leased", 8),
+        ])
+    );
+    assert_eq!(
+        fields("ReceiveRequest"),
+        named(&[
+            ("topic", 1),
+            ("queue", 2),
+            ("max_records", 3),
+            ("wait_ms", 4),
+            ("lease_ms", 5),
+            ("consumer", 6),
+        ])
+    );
+    assert_eq!(
+        fields("Delivery"),
+        named(&[
+            ("record", 1),
+            ("partition", 2),
+            ("attempt", 3),
+            ("lease_id", 4),
+            ("lease_expires_ms", 5),
+        ])
+    );
+    assert_eq!(
+        fields("Settlement"),
+        named(&[
+            ("partition", 1),
+            ("offset", 2),
+            ("lease_id", 3),
+            ("action", 4),
+            ("delay_ms", 5),
+            ("reason", 6),
+        ])
+    );
+    assert_eq!(
+        fields("SettleOutcome"),
+        named(&[("result", 1), ("lease_expires_ms", 2)])
+    );
+    assert_eq!(
+        fields("CreateQueueRequest"),
+        named(&[("topic", 1), ("queue", 2), ("config", 3), ("start", 4)])
+    );
+    assert_eq!(
+        fields("WorkStart"),
+        named(&[
+            ("topic", 1),
+            ("queue", 2),
+            ("consumer", 3),
+            ("max_outstanding", 4),
+            ("lease_ms", 5),
+        ])
+    );
+    assert_eq!(
+        v1::SettleResult::LeaseExpired.as_str_name(),
+        "SETTLE_RESULT_LEASE_EXPIRED"
+    );
+    assert_eq!(v1::SettleAction::Reject as i32, 4);
+    assert_eq!(v1::QueueOrdering::Key.as_str_name(), "QUEUE_ORDERING_KEY");
 }

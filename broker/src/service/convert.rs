@@ -6,6 +6,10 @@ use spool_storage::{Header, Record, StoredRecord};
 use crate::error::{Error, Result};
 use crate::registry::{Fsync, Topic};
 
+/// The reserved header that stores `Record.deliver_at_ms` (8 bytes, i64 little-endian):
+/// returned as the field on reads, never as a header (docs/format.md).
+pub const DELIVER_AT_HEADER: &str = "spool-deliver-at-ms";
+
 /// Converts appended records, stamping broker time where `timestamp_ms` is 0 and checking
 /// each record against `max_record_bytes`. Keys and values move without copying.
 pub fn to_storage(
@@ -28,17 +32,35 @@ pub fn to_storage(
             )));
         }
         total += size as u64;
+        if r.deliver_at_ms < 0 {
+            return Err(Error::invalid(format!(
+                "record {i} has deliver_at_ms {}: use 0 (at once) or a time in milliseconds since the Unix epoch",
+                r.deliver_at_ms
+            )));
+        }
+        if r.headers.iter().any(|h| h.key == DELIVER_AT_HEADER) {
+            return Err(Error::invalid(format!(
+                "record {i} has a header named {DELIVER_AT_HEADER:?}, which is reserved: set Record.deliver_at_ms instead"
+            )));
+        }
+        let mut headers: Vec<Header> = r
+            .headers
+            .into_iter()
+            .map(|h| Header {
+                key: h.key,
+                value: h.value,
+            })
+            .collect();
+        if r.deliver_at_ms > 0 {
+            headers.push(Header {
+                key: DELIVER_AT_HEADER.to_string(),
+                value: bytes::Bytes::copy_from_slice(&r.deliver_at_ms.to_le_bytes()),
+            });
+        }
         out.push(Record {
             key: r.key,
             value: r.value,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|h| Header {
-                    key: h.key,
-                    value: h.value,
-                })
-                .collect(),
+            headers,
             timestamp_ms: if r.timestamp_ms == 0 {
                 now_ms
             } else {
@@ -51,19 +73,30 @@ pub fn to_storage(
 
 /// A stored record as a `spool.v1.Record`: zero-copy views of the log.
 pub fn to_proto(r: StoredRecord) -> v1::Record {
-    v1::Record {
-        key: r.key,
-        value: r.value,
-        headers: r
-            .headers
-            .into_iter()
-            .map(|h| v1::Header {
+    let mut deliver_at_ms = 0;
+    let headers = r
+        .headers
+        .into_iter()
+        .filter_map(|h| {
+            if h.key == DELIVER_AT_HEADER {
+                if let Ok(b) = <[u8; 8]>::try_from(h.value.as_ref()) {
+                    deliver_at_ms = i64::from_le_bytes(b);
+                }
+                return None;
+            }
+            Some(v1::Header {
                 key: h.key,
                 value: h.value,
             })
-            .collect(),
+        })
+        .collect();
+    v1::Record {
+        key: r.key,
+        value: r.value,
+        headers,
         timestamp_ms: r.timestamp_ms,
         offset: r.offset,
+        deliver_at_ms,
     }
 }
 

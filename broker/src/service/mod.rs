@@ -3,9 +3,10 @@
 
 mod append;
 pub mod consume;
-mod convert;
+pub(crate) mod convert;
 mod groups;
 mod offsets;
+mod queues;
 mod read;
 pub mod status;
 mod topics;
@@ -34,8 +35,9 @@ pub struct Inner {
     pub quotas: crate::quota::Quotas,
     /// Room for queued Subscribe messages across all streams, in KiB.
     pub stream_budget: Arc<tokio::sync::Semaphore>,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub offsets: OffsetStore,
+    pub queues: Arc<crate::queue::Queues>,
     pub metrics: Metrics,
     pub groups: Arc<crate::groups::Coordinator>,
     /// Wakes the partition health watcher (`crate::health`).
@@ -261,5 +263,79 @@ impl Broker for BrokerService {
                 .allows(&who, Op::Describe, Resource::Topic(&t.topic))
         });
         Ok(Response::new(resp))
+    }
+    async fn create_queue(
+        &self,
+        req: Request<CreateQueueRequest>,
+    ) -> Result<Response<CreateQueueResponse>, Status> {
+        let who = principal_of(&req);
+        Ok(Response::new(
+            queues::create(&self.inner, &who, req.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<DeleteQueueRequest>,
+    ) -> Result<Response<DeleteQueueResponse>, Status> {
+        let who = principal_of(&req);
+        Ok(Response::new(
+            queues::delete(&self.inner, &who, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_queues(
+        &self,
+        req: Request<ListQueuesRequest>,
+    ) -> Result<Response<ListQueuesResponse>, Status> {
+        let who = principal_of(&req);
+        Ok(Response::new(queues::list(
+            &self.inner,
+            &who,
+            req.into_inner(),
+        )?))
+    }
+
+    async fn describe_queue(
+        &self,
+        req: Request<DescribeQueueRequest>,
+    ) -> Result<Response<DescribeQueueResponse>, Status> {
+        let who = principal_of(&req);
+        Ok(Response::new(queues::describe(
+            &self.inner,
+            &who,
+            req.into_inner(),
+        )?))
+    }
+
+    async fn receive(
+        &self,
+        req: Request<ReceiveRequest>,
+    ) -> Result<Response<ReceiveResponse>, Status> {
+        let who = principal_of(&req);
+        Ok(Response::new(
+            queues::receive(&self.inner, &who, req.into_inner()).await?,
+        ))
+    }
+
+    async fn settle(
+        &self,
+        req: Request<SettleRequest>,
+    ) -> Result<Response<SettleResponse>, Status> {
+        let who = principal_of(&req);
+        Ok(Response::new(
+            queues::settle(&self.inner, &who, req.into_inner()).await?,
+        ))
+    }
+
+    type WorkStream = BoxStream<WorkResponse>;
+
+    async fn work(
+        &self,
+        req: Request<Streaming<WorkRequest>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let who = principal_of(&req);
+        let stream = queues::work(Arc::clone(&self.inner), who, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -22,6 +22,8 @@ pub fn code_of(e: &Error) -> Code {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::TopicNotFound(_) => Code::NotFound,
         Error::TopicExists(_) => Code::AlreadyExists,
+        Error::QueueNotFound { .. } => Code::NotFound,
+        Error::QueueExists(_) => Code::AlreadyExists,
         Error::PartitionNotFound { .. } => Code::InvalidArgument,
         Error::CommitOutOfRange { .. } => Code::OutOfRange,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,

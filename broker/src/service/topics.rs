@@ -34,6 +34,7 @@ pub async fn delete(inner: &Arc<Inner>, req: DeleteTopicRequest) -> Result<Delet
         // A failed partition of the deleted topic no longer counts against health.
         inner2.partition_events.changed();
         inner2.offsets.delete_topic(&req.name)?;
+        inner2.queues.topic_deleted(&req.name)?;
         tracing::info!(topic = %req.name, "topic deleted");
         Ok(())
     })

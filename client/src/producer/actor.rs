@@ -209,6 +209,7 @@ impl Actor {
             headers: record.headers,
             timestamp_ms: record.timestamp_ms,
             offset: 0,
+            deliver_at_ms: 0,
         };
         let acc = &mut self.acc[p];
         let size = r.payload_len();

@@ -2,7 +2,8 @@
 # Runs the Python interop test against a built spoold.
 #
 # Creates a virtual environment under target/interop-python-venv (reused between runs),
-# installs requirements.txt from PyPI, and runs test_interop.py, test_groups.py and test_tls.py,
+# installs requirements.txt from PyPI, and runs test_interop.py, test_groups.py, test_tls.py and
+# test_queues.py,
 # which generate the Python stubs from proto/spool/v1/spool.proto with grpcio-tools into a
 # temporary directory (support.py holds what they share). Builds nothing: build spoold
 # first (`cargo build -p spool-broker`).
@@ -29,3 +30,4 @@ fi
 SPOOL_BIN="$bin" "$venv/bin/python" "$here/test_interop.py"
 SPOOLD="$bin" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_groups.py"
 SPOOLD="$bin" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_tls.py"
+SPOOLD="$bin" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_queues.py"

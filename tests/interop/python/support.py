@@ -124,3 +124,15 @@ class Spoold:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def plain_broker():
+    """A plain spoold on a temporary data directory: a generator for a pytest fixture,
+    yielding its gRPC address and stopping it after the test."""
+    data = tempfile.TemporaryDirectory(prefix="spool-py-")
+    spoold = Spoold(["--data-dir", data.name])
+    try:
+        yield spoold.start()
+    finally:
+        spoold.close()
+        data.cleanup()

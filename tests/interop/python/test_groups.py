@@ -12,13 +12,12 @@ Run: python -m pytest -q tests/interop/python/test_groups.py
 """
 
 import queue
-import tempfile
 import threading
 import time
 
 import grpc
 import pytest
-from support import PATIENCE, Spoold, generate_stubs
+from support import PATIENCE, generate_stubs, plain_broker
 
 TOPIC = "interop-groups"
 GROUP = "py-group"
@@ -36,13 +35,7 @@ def pb():
 @pytest.fixture
 def broker():
     """A running spoold; yields its gRPC address."""
-    data = tempfile.TemporaryDirectory(prefix="spool-py-")
-    spoold = Spoold(["--data-dir", data.name])
-    try:
-        yield spoold.start()
-    finally:
-        spoold.close()
-        data.cleanup()
+    yield from plain_broker()
 
 
 class Member:

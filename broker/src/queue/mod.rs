@@ -1,0 +1,284 @@
+//! Queues: named cursors over a topic that lease its records to workers one by one, with
+//! per-record settlement (ack, nack, extend, reject), retries with backoff, dead letters
+//! and delivery times. A topic can be read as a log and as any number of queues at once.
+//!
+//! - `config.rs`: the effective config (defaults, clamps).
+//! - `state.rs`: one partition's state machine, pure.
+//! - `leasing.rs`: `Queue`: leasing and settling under its lock, replay, `DescribeQueue`.
+//! - `store.rs`: the events on `internal/queues` that make every change durable.
+//! - `dead_letter.rs`: the task that writes dead letters and then settles their records.
+//!
+//! Every change is durable before the request that made it is answered; the lock of a
+//! queue is never held across an `.await` or an fsync.
+
+pub mod config;
+pub mod dead_letter;
+pub mod leasing;
+pub mod state;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use spool_proto::v1;
+use spool_storage::Storage;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::registry::{Registry, Topic, validate_name};
+use config::QueueConfig;
+use leasing::Queue;
+use store::{Event, QueueLog, StartSpec};
+
+/// The `spool-dead-letter-reason` of a record whose last allowed lease ended unacked.
+pub const MAX_DELIVERIES_REASON: &str = "max deliveries";
+
+/// Every queue of the broker.
+pub struct Queues {
+    log: QueueLog,
+    queues: RwLock<BTreeMap<(String, String), Arc<Queue>>>,
+    /// Serialises create and delete.
+    admin: Mutex<()>,
+    /// Wakes the dead-letter task.
+    pub dead_letters: Notify,
+}
+
+impl Queues {
+    /// Opens the queue log and rebuilds every queue of a topic that still exists
+    /// (blocking).
+    pub fn open(storage: &Storage, registry: &Registry) -> Result<Queues> {
+        let (log, events) = QueueLog::open(storage)?;
+        let mut by_id: BTreeMap<u64, Arc<Queue>> = BTreeMap::new();
+        for e in &events {
+            match e {
+                Event::Create {
+                    id,
+                    topic,
+                    queue,
+                    config,
+                    start,
+                    floors,
+                } => {
+                    by_id.insert(
+                        *id,
+                        Arc::new(Queue::new(
+                            *id,
+                            topic.clone(),
+                            queue.clone(),
+                            config.clone(),
+                            start.clone(),
+                            floors,
+                        )),
+                    );
+                }
+                Event::Delete { id } => {
+                    by_id.remove(id);
+                }
+                other => {
+                    if let Some(q) = by_id.get(&other.queue_id()) {
+                        q.replay(other);
+                    }
+                }
+            }
+        }
+        let mut queues = BTreeMap::new();
+        for q in by_id.into_values() {
+            if registry.get(&q.topic).is_ok() {
+                queues.insert((q.topic.clone(), q.name.clone()), q);
+            }
+        }
+        tracing::info!(
+            queues = queues.len(),
+            events = events.len(),
+            "queues recovered"
+        );
+        Ok(Queues {
+            log,
+            queues: RwLock::new(queues),
+            admin: Mutex::new(()),
+            dead_letters: Notify::new(),
+        })
+    }
+
+    pub fn get(&self, topic: &str, queue: &str) -> Result<Arc<Queue>> {
+        self.queues
+            .read()
+            .get(&(topic.to_string(), queue.to_string()))
+            .cloned()
+            .ok_or_else(|| Error::QueueNotFound {
+                topic: topic.to_string(),
+                queue: queue.to_string(),
+            })
+    }
+
+    /// The queues of `topic`, or of every topic, sorted.
+    pub fn list(&self, topic: Option<&str>) -> Vec<Arc<Queue>> {
+        self.queues
+            .read()
+            .values()
+            .filter(|q| topic.is_none_or(|t| q.topic == t))
+            .cloned()
+            .collect()
+    }
+
+    /// Closes the queue log (at shutdown, after the last write).
+    pub fn close(&self) -> Result<()> {
+        self.log.close()
+    }
+
+    /// Makes `events` durable (blocking).
+    pub fn persist(&self, events: &[Event]) -> Result<()> {
+        self.log.append(events)
+    }
+
+    /// Creates a queue, or finds the same one (blocking). Returns the queue and whether the
+    /// caller must create its dead-letter topic (`None` when it exists).
+    pub fn create(&self, registry: &Registry, req: &v1::CreateQueueRequest) -> Result<Arc<Queue>> {
+        validate_name("topic", &req.topic)?;
+        validate_name("queue", &req.queue)?;
+        let topic = registry.get(&req.topic)?;
+        let config = QueueConfig::effective(&req.topic, &req.queue, req.config.as_ref())?;
+        let _admin = self.admin.lock();
+        if let Ok(q) = self.get(&req.topic, &req.queue) {
+            if q.config == config {
+                return Ok(q);
+            }
+            return Err(Error::QueueExists(format!(
+                "queue {:?} on topic {:?} exists with a different config ({:?}); delete it first or create it with the same config",
+                req.queue, req.topic, q.config
+            )));
+        }
+        self.check_dead_letter_topic(&req.topic, &config)?;
+        if registry.get(&config.dead_letter_topic).is_err() {
+            let settings = registry.settings_for(&v1::TopicConfig::default())?;
+            match registry.create(&config.dead_letter_topic, 1, settings) {
+                Ok(_) | Err(Error::TopicExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (start, floors) = resolve_start(&topic, req.start.as_ref())?;
+        let id = new_id();
+        let event = Event::Create {
+            id,
+            topic: req.topic.clone(),
+            queue: req.queue.clone(),
+            config: config.clone(),
+            start: start.clone(),
+            floors: floors.clone(),
+        };
+        self.log.append(std::slice::from_ref(&event))?;
+        let q = Arc::new(Queue::new(
+            id,
+            req.topic.clone(),
+            req.queue.clone(),
+            config,
+            start,
+            &floors,
+        ));
+        self.queues
+            .write()
+            .insert((req.topic.clone(), req.queue.clone()), Arc::clone(&q));
+        tracing::info!(topic = %req.topic, queue = %req.queue, "queue created");
+        Ok(q)
+    }
+
+    /// A dead-letter topic may not be the source topic, too long a name, or another
+    /// queue's source: dead letters must never feed a queue by accident.
+    fn check_dead_letter_topic(&self, topic: &str, config: &QueueConfig) -> Result<()> {
+        let dlq = &config.dead_letter_topic;
+        let ask = "set QueueConfig.dead_letter_topic to an explicit name";
+        if dlq.len() > crate::registry::MAX_TOPIC_NAME {
+            return Err(Error::invalid(format!(
+                "the dead-letter topic name {dlq:?} is over the {}-character limit: {ask}",
+                crate::registry::MAX_TOPIC_NAME
+            )));
+        }
+        validate_name("dead-letter topic", dlq)?;
+        if dlq == topic {
+            return Err(Error::invalid(format!(
+                "the dead-letter topic {dlq:?} is the queue's own topic: {ask}"
+            )));
+        }
+        if self.queues.read().values().any(|q| &q.topic == dlq) {
+            return Err(Error::invalid(format!(
+                "the dead-letter topic {dlq:?} is the source topic of another queue: {ask}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes a queue: its leases end and its streams see `NOT_FOUND` (blocking).
+    pub fn delete(&self, topic: &str, queue: &str) -> Result<()> {
+        let _admin = self.admin.lock();
+        let q = self.get(topic, queue)?;
+        self.log.append(&[Event::Delete { id: q.id }])?;
+        self.queues
+            .write()
+            .remove(&(topic.to_string(), queue.to_string()));
+        q.deleted.cancel();
+        q.changed.notify_waiters();
+        tracing::info!(%topic, %queue, "queue deleted");
+        Ok(())
+    }
+
+    /// Deletes every queue of a deleted topic (blocking).
+    pub fn topic_deleted(&self, topic: &str) -> Result<()> {
+        for q in self.list(Some(topic)) {
+            match self.delete(&q.topic, &q.name) {
+                Ok(()) | Err(Error::QueueNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a new queue starts in each partition.
+fn resolve_start(
+    topic: &Topic,
+    start: Option<&v1::StartPosition>,
+) -> Result<(StartSpec, Vec<u64>)> {
+    use v1::start_position::Kind;
+    let s = start.cloned().unwrap_or_default();
+    let kind = Kind::try_from(s.kind).map_err(|_| {
+        Error::invalid(format!("start.kind {} is not a StartPosition.Kind", s.kind))
+    })?;
+    let mut floors = Vec::with_capacity(topic.partitions.len());
+    for p in &topic.partitions {
+        let log = &p.log;
+        let floor = match kind {
+            Kind::Unspecified | Kind::Earliest => log.start_offset(),
+            Kind::Latest => log.end_offset(),
+            Kind::Offset => s.offset.clamp(log.start_offset(), log.end_offset()),
+            Kind::Timestamp => log.offset_for_timestamp(s.timestamp_ms)?,
+            Kind::Committed => {
+                return Err(Error::invalid(
+                    "a queue cannot start from a group's committed offset: use KIND_EARLIEST, KIND_LATEST, KIND_OFFSET or KIND_TIMESTAMP",
+                ));
+            }
+        };
+        floors.push(floor);
+    }
+    Ok((
+        StartSpec {
+            kind: s.kind,
+            offset: s.offset,
+            timestamp_ms: s.timestamp_ms,
+        },
+        floors,
+    ))
+}
+
+/// A queue id no earlier queue had: random (the std hasher's per-process keys) mixed with
+/// the clock.
+fn new_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}

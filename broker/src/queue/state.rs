@@ -1,0 +1,361 @@
+//! One partition's queue state: which records are settled, leased, or waiting for a time.
+//! Pure (no I/O, the clock passed in), so the rules are tested here and replay applies the
+//! same transitions as live requests.
+//!
+//! Offsets below `floor` are settled. Above it, settled offsets are kept as ranges (an
+//! acked run costs one entry however long), and every record the queue has touched and not
+//! settled is an [`Entry`]. Offsets in `[floor, scan)` are all either settled or entries,
+//! so a record at or past `scan` that is neither is fresh: never leased, available at its
+//! delivery time. Memory is bounded by the entries (at most `2 × max_leased`: leased ones
+//! plus those waiting), since each gap between settled ranges holds at least one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A touched, unsettled record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Leases granted so far (1 after the first delivery; 0 for a fresh record waiting
+    /// for its delivery time).
+    pub attempt: u32,
+    pub state: State,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Available from `at_ms`: a retry's backoff, a nack's delay, a delivery time.
+    Waiting { at_ms: i64 },
+    /// Leased until `expires_ms` (a lease that ran out stays here until the next look:
+    /// what follows it is computed from the expiry, so no timer is needed).
+    Leased {
+        expires_ms: i64,
+        lease_ms: u32,
+        consumer: Arc<str>,
+    },
+    /// To be dead-lettered (the intent is durable); settled once the dead letter is.
+    /// `dlq_from`: the dead-letter topic's end offset when the intent was written, where a
+    /// search for a copy written before a crash starts.
+    DeadLettering { reason: String, dlq_from: u64 },
+}
+
+/// What a lease's end leads to, for a record whose lease ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterLease {
+    /// Available again at this time.
+    RetryAt(i64),
+    /// Its last allowed attempt ended: dead-letter it.
+    DeadLetter,
+}
+
+/// How a settlement's lease id relates to a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// The record's current lease, still running.
+    Active,
+    /// A lease of this record that ended unsettled (expired, or an earlier attempt's).
+    Ended,
+    /// No such lease on an unsettled record.
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+pub struct Partition {
+    floor: u64,
+    /// Settled ranges at or above `floor`: start → end (exclusive), disjoint, not touching.
+    settled: BTreeMap<u64, u64>,
+    entries: BTreeMap<u64, Entry>,
+    scan: u64,
+    leased: usize,
+}
+
+impl Partition {
+    /// A partition whose records from `start` on belong to the queue.
+    pub fn new(start: u64) -> Partition {
+        Partition {
+            floor: start,
+            scan: start,
+            ..Partition::default()
+        }
+    }
+
+    /// Every offset below this is settled.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Where a scan for fresh records resumes.
+    pub fn scan(&self) -> u64 {
+        self.scan
+    }
+
+    pub fn leased(&self) -> usize {
+        self.leased
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        self.entries.iter().map(|(o, e)| (*o, e))
+    }
+
+    pub fn entry(&self, offset: u64) -> Option<&Entry> {
+        self.entries.get(&offset)
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_settled(&self, offset: u64) -> bool {
+        offset < self.floor
+            || self
+                .settled
+                .range(..=offset)
+                .next_back()
+                .is_some_and(|(_, end)| offset < *end)
+    }
+
+    /// Settled offsets in `[floor, end)`.
+    pub fn settled_below(&self, end: u64) -> u64 {
+        self.settled
+            .iter()
+            .take_while(|(s, _)| **s < end)
+            .map(|(s, e)| (*e).min(end) - s)
+            .sum()
+    }
+
+    /// Whether `offset` is neither settled nor tracked: a fresh record.
+    pub fn is_fresh(&self, offset: u64) -> bool {
+        !self.is_settled(offset) && !self.entries.contains_key(&offset)
+    }
+
+    /// The scan has looked at everything below `offset`.
+    pub fn scanned_to(&mut self, offset: u64) {
+        self.scan = self.scan.max(offset);
+    }
+
+    /// Starts tracking a fresh record that is not due yet.
+    pub fn wait_fresh(&mut self, offset: u64, at_ms: i64) {
+        self.set(
+            offset,
+            Entry {
+                attempt: 0,
+                state: State::Waiting { at_ms },
+            },
+        );
+    }
+
+    /// Leases `offset` (fresh or tracked) and returns its attempt number.
+    pub fn grant(
+        &mut self,
+        offset: u64,
+        expires_ms: i64,
+        lease_ms: u32,
+        consumer: Arc<str>,
+    ) -> u32 {
+        let attempt = self.entries.get(&offset).map_or(0, |e| e.attempt) + 1;
+        self.set(
+            offset,
+            Entry {
+                attempt,
+                state: State::Leased {
+                    expires_ms,
+                    lease_ms,
+                    consumer,
+                },
+            },
+        );
+        attempt
+    }
+
+    /// Replaces a tracked record's state, keeping its attempt count.
+    pub fn set_state(&mut self, offset: u64, state: State) {
+        if let Some(e) = self.entries.get(&offset) {
+            let attempt = e.attempt;
+            self.set(offset, Entry { attempt, state });
+        }
+    }
+
+    /// Sets a record's entry as replay found it (a lease grant of a known attempt).
+    pub fn restore(&mut self, offset: u64, entry: Entry) {
+        if !self.is_settled(offset) {
+            self.set(offset, entry);
+        }
+    }
+
+    fn set(&mut self, offset: u64, entry: Entry) {
+        let was = self.entries.insert(offset, entry.clone());
+        if matches!(was.map(|e| e.state), Some(State::Leased { .. })) {
+            self.leased -= 1;
+        }
+        if matches!(entry.state, State::Leased { .. }) {
+            self.leased += 1;
+        }
+    }
+
+    /// Settles `offset` (acked or dead-lettered): it is never delivered again.
+    pub fn settle(&mut self, offset: u64) {
+        if self.is_settled(offset) {
+            return;
+        }
+        if let Some(e) = self.entries.remove(&offset)
+            && matches!(e.state, State::Leased { .. })
+        {
+            self.leased -= 1;
+        }
+        let mut start = offset;
+        let mut end = offset + 1;
+        if let Some((&s, &e)) = self.settled.range(..offset).next_back()
+            && e == offset
+        {
+            self.settled.remove(&s);
+            start = s;
+        }
+        if let Some(e) = self.settled.remove(&end) {
+            end = e;
+        }
+        self.settled.insert(start, end);
+        self.advance_floor();
+    }
+
+    fn advance_floor(&mut self) {
+        while let Some(end) = self.settled.remove(&self.floor) {
+            self.floor = end;
+        }
+        self.scan = self.scan.max(self.floor);
+    }
+
+    /// Retention removed every record below `start`: whatever of them was unsettled is
+    /// gone. Returns how many unsettled records that was.
+    pub fn drop_below(&mut self, start: u64) -> u64 {
+        if start <= self.floor {
+            return 0;
+        }
+        let unsettled = start - self.floor - self.settled_below(start);
+        let kept = self.entries.split_off(&start);
+        for e in std::mem::replace(&mut self.entries, kept).into_values() {
+            if matches!(e.state, State::Leased { .. }) {
+                self.leased -= 1;
+            }
+        }
+        let above = self.settled.split_off(&start);
+        let straddling = self
+            .settled
+            .values()
+            .next_back()
+            .copied()
+            .filter(|end| *end > start);
+        self.settled = above;
+        if let Some(end) = straddling {
+            self.settled.insert(start, end);
+        }
+        self.floor = start;
+        self.advance_floor();
+        unsettled
+    }
+
+    /// Checks a settlement's lease id against the record's leases so far: lease ids are
+    /// derived from (partition, offset, attempt), so no history is stored.
+    pub fn check_lease(
+        &self,
+        offset: u64,
+        lease_id: u64,
+        now_ms: i64,
+        id_of: impl Fn(u32) -> u64,
+    ) -> LeaseCheck {
+        let Some(e) = self.entries.get(&offset) else {
+            return LeaseCheck::Unknown;
+        };
+        if e.attempt > 0 && id_of(e.attempt) == lease_id {
+            return match e.state {
+                State::Leased { expires_ms, .. } if expires_ms > now_ms => LeaseCheck::Active,
+                _ => LeaseCheck::Ended,
+            };
+        }
+        if (1..e.attempt).any(|a| id_of(a) == lease_id) {
+            return LeaseCheck::Ended;
+        }
+        LeaseCheck::Unknown
+    }
+}
+
+/// What follows a lease that ended unsettled after attempt `attempt` at `ended_ms`.
+pub fn after_lease(
+    attempt: u32,
+    ended_ms: i64,
+    max_deliveries: u32,
+    backoff_ms: u64,
+) -> AfterLease {
+    if attempt >= max_deliveries {
+        AfterLease::DeadLetter
+    } else {
+        AfterLease::RetryAt(ended_ms.saturating_add(backoff_ms as i64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who() -> Arc<str> {
+        Arc::from("w")
+    }
+
+    #[test]
+    fn acks_out_of_order_keep_ranges_and_move_the_floor() {
+        let mut p = Partition::new(10);
+        for o in 10..20 {
+            p.grant(o, 1_000, 100, who());
+        }
+        assert_eq!(p.leased(), 10);
+        for o in [12, 14, 13, 11] {
+            p.settle(o);
+        }
+        assert_eq!(p.floor(), 10);
+        assert_eq!(p.settled.len(), 1, "11..15 is one range: {:?}", p.settled);
+        p.settle(10);
+        assert_eq!(p.floor(), 15);
+        assert!(p.settled.is_empty());
+        assert_eq!(p.leased(), 5);
+        assert!(p.is_settled(14) && !p.is_settled(15));
+    }
+
+    #[test]
+    fn lease_ids_name_the_current_or_an_ended_lease() {
+        let mut p = Partition::new(0);
+        let id = |a: u32| 100 + u64::from(a);
+        p.grant(0, 1_000, 100, who());
+        assert_eq!(p.check_lease(0, 101, 500, id), LeaseCheck::Active);
+        assert_eq!(p.check_lease(0, 101, 1_000, id), LeaseCheck::Ended);
+        p.grant(0, 3_000, 100, who());
+        assert_eq!(p.check_lease(0, 101, 1_500, id), LeaseCheck::Ended);
+        assert_eq!(p.check_lease(0, 102, 1_500, id), LeaseCheck::Active);
+        assert_eq!(p.check_lease(0, 999, 1_500, id), LeaseCheck::Unknown);
+        p.settle(0);
+        assert_eq!(p.check_lease(0, 102, 1_500, id), LeaseCheck::Unknown);
+    }
+
+    #[test]
+    fn retention_drops_what_it_removed_and_counts_the_unsettled() {
+        let mut p = Partition::new(0);
+        p.grant(2, 1_000, 100, who());
+        p.settle(3);
+        p.settle(4);
+        p.grant(7, 1_000, 100, who());
+        // 0..6: 3 and 4 settled, so 0, 1, 2 and 5 were unsettled.
+        assert_eq!(p.drop_below(6), 4);
+        assert_eq!(p.floor(), 6);
+        assert_eq!(p.leased(), 1);
+        assert_eq!(p.tracked(), 1);
+        // A settled range straddling the new start is kept above it.
+        p.settle(8);
+        p.settle(9);
+        // 6 (fresh) and 7 (leased) were unsettled.
+        assert_eq!(p.drop_below(9), 2);
+        assert_eq!(p.floor(), 10);
+    }
+
+    #[test]
+    fn a_lease_end_retries_with_backoff_until_the_last_attempt() {
+        assert_eq!(after_lease(1, 1_000, 5, 250), AfterLease::RetryAt(1_250));
+        assert_eq!(after_lease(5, 1_000, 5, 250), AfterLease::DeadLetter);
+    }
+}

@@ -1,0 +1,168 @@
+//! Queue state, durable on an internal log of the storage engine (`internal/queues`).
+//!
+//! Every change a client could observe (a queue created or deleted, a lease granted, a
+//! settlement, a dead letter's intent and completion) is one record: key the queue's id as
+//! u64 little-endian, value the [`Event`] as JSON (docs/format.md). Appended and fsync'd
+//! before the request that caused it is answered (concurrent requests share the fsync), and
+//! replayed in order on start. Lease expiry writes nothing: what follows an expired lease is
+//! computed from its expiry time, so replay reaches the same state without timers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use spool_storage::{Durability, Log, LogConfig, ProducerStamp, Record, Storage};
+
+use super::config::QueueConfig;
+use crate::error::{Error, Result};
+
+const LOG: &str = "internal/queues";
+
+/// How a queue's start was chosen (reported by `DescribeQueue`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartSpec {
+    /// `StartPosition.Kind` as its number.
+    pub kind: i32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+}
+
+/// One change of queue state. `id` names the queue (a queue created again gets a new one,
+/// so the old queue's events never apply to it); `p` and `o` a partition and offset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "e", rename_all = "snake_case")]
+pub enum Event {
+    Create {
+        id: u64,
+        topic: String,
+        queue: String,
+        config: QueueConfig,
+        start: StartSpec,
+        /// Where the queue starts in each partition.
+        floors: Vec<u64>,
+    },
+    Delete {
+        id: u64,
+    },
+    Lease {
+        id: u64,
+        p: u32,
+        o: u64,
+        attempt: u32,
+        expires_ms: i64,
+        lease_ms: u32,
+    },
+    Ack {
+        id: u64,
+        p: u32,
+        o: u64,
+    },
+    Nack {
+        id: u64,
+        p: u32,
+        o: u64,
+        at_ms: i64,
+    },
+    Extend {
+        id: u64,
+        p: u32,
+        o: u64,
+        expires_ms: i64,
+    },
+    /// The record will be dead-lettered: written before the dead letter is appended.
+    DeadLetter {
+        id: u64,
+        p: u32,
+        o: u64,
+        reason: String,
+        dlq_from: u64,
+    },
+    /// The dead letter is durable: the record is settled.
+    DeadLettered {
+        id: u64,
+        p: u32,
+        o: u64,
+    },
+}
+
+impl Event {
+    pub fn queue_id(&self) -> u64 {
+        match self {
+            Event::Create { id, .. }
+            | Event::Delete { id }
+            | Event::Lease { id, .. }
+            | Event::Ack { id, .. }
+            | Event::Nack { id, .. }
+            | Event::Extend { id, .. }
+            | Event::DeadLetter { id, .. }
+            | Event::DeadLettered { id, .. } => *id,
+        }
+    }
+
+    fn encode(&self) -> Record {
+        Record {
+            key: Bytes::copy_from_slice(&self.queue_id().to_le_bytes()),
+            value: Bytes::from(serde_json::to_vec(self).expect("events serialize")),
+            headers: Vec::new(),
+            timestamp_ms: crate::now_ms(),
+        }
+    }
+}
+
+/// The queue state log.
+pub struct QueueLog {
+    log: Arc<Log>,
+}
+
+fn log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4 * 1024 * 1024,
+        durability: Durability::Always,
+        max_record_bytes: 64 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+impl QueueLog {
+    /// Opens the log and returns every event in it, oldest first (blocking).
+    pub fn open(storage: &Storage) -> Result<(QueueLog, Vec<Event>)> {
+        let log = storage.open_log(LOG, log_config())?;
+        let mut events = Vec::new();
+        let mut offset = log.start_offset();
+        while offset < log.end_offset() {
+            let records = log.read(offset, 10_000, 8 << 20)?;
+            let Some(last) = records.last() else { break };
+            offset = last.offset + 1;
+            for r in records {
+                let e: Event = serde_json::from_slice(&r.value).map_err(|e| Error::Metadata {
+                    path: storage.root().join(LOG),
+                    reason: format!("queue event at offset {}: {e}", r.offset),
+                })?;
+                events.push(e);
+            }
+        }
+        Ok((QueueLog { log }, events))
+    }
+
+    /// Appends `events` as one batch and returns once they are on disk (blocking).
+    pub fn append(&self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = events.iter().map(Event::encode).collect();
+        let a = self
+            .log
+            .append_unsynced(&records, ProducerStamp::default())?;
+        self.log
+            .sync_to(a.base_offset + u64::from(a.record_count))?;
+        Ok(())
+    }
+
+    pub fn close(&self) -> Result<()> {
+        Ok(self.log.close()?)
+    }
+
+    pub fn records(&self) -> u64 {
+        self.log.end_offset() - self.log.start_offset()
+    }
+}

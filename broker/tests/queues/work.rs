@@ -1,0 +1,94 @@
+//! The Work stream: deliveries pushed within the worker's credit, settlements answered in
+//! order on the stream.
+
+use spool_proto::v1::*;
+use tokio_stream::StreamExt;
+
+use crate::common::*;
+use crate::*;
+
+#[tokio::test]
+async fn work_pushes_up_to_max_outstanding_and_more_after_settling() {
+    let b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
+    append(&mut c, "jobs", 0, recs("r", 0..10)).await;
+    create_queue(&mut c, "jobs", "q", fast(60_000, 5)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(WorkRequest {
+        kind: Some(work_request::Kind::Start(WorkStart {
+            topic: "jobs".into(),
+            queue: "q".into(),
+            consumer: "w1".into(),
+            max_outstanding: 3,
+            lease_ms: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = within(
+        "Work",
+        c.work(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        match next(&mut stream).await {
+            work_response::Kind::Delivery(d) => held.push(d),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    // At the credit limit: the broker holds the rest, as DescribeQueue shows.
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!(q.leased, 3);
+    assert_eq!(
+        q.consumers
+            .iter()
+            .map(|c| c.consumer.as_str())
+            .collect::<Vec<_>>(),
+        vec!["w1"]
+    );
+    tx.send(WorkRequest {
+        kind: Some(work_request::Kind::Settle(SettleRequest {
+            topic: String::new(),
+            queue: String::new(),
+            settlements: held
+                .iter()
+                .take(2)
+                .map(|d| settlement(d, SettleAction::Ack, None))
+                .collect(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut settled = None;
+    let mut more = Vec::new();
+    while settled.is_none() || more.len() < 2 {
+        match next(&mut stream).await {
+            work_response::Kind::Settled(s) => settled = Some(s),
+            work_response::Kind::Delivery(d) => more.push(d),
+        }
+    }
+    let outcomes: Vec<i32> = settled.unwrap().outcomes.iter().map(|o| o.result).collect();
+    assert_eq!(outcomes, vec![SettleResult::Ok as i32; 2]);
+    assert_eq!(more.iter().map(offset).collect::<Vec<_>>(), vec![3, 4]);
+    // Still at the limit (1 + 2): nothing more arrives until the next settlement.
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!((q.leased, q.acked_total), (3, 2));
+    // Ending the stream keeps its leases.
+    drop(tx);
+    drop(stream);
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!(q.leased, 3);
+}
+
+async fn next(stream: &mut tonic::Streaming<WorkResponse>) -> work_response::Kind {
+    within("a Work message", stream.next())
+        .await
+        .expect("stream open")
+        .expect("no error")
+        .kind
+        .expect("a message")
+}
