@@ -42,6 +42,25 @@ pub struct LagLabels {
     pub partition: u32,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub topic: String,
+    pub queue: String,
+}
+
+/// A queue's gauges and totals, refreshed from its state at each scrape.
+#[derive(Default)]
+struct QueueMetrics {
+    ready: Family<QueueLabels, Gauge>,
+    delayed: Family<QueueLabels, Gauge>,
+    leased: Family<QueueLabels, Gauge>,
+    paused: Family<QueueLabels, Gauge>,
+    oldest_ready_age: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    acked: Family<QueueLabels, Counter>,
+    redelivered: Family<QueueLabels, Counter>,
+    dead_lettered: Family<QueueLabels, Counter>,
+}
+
 /// Every metric the broker exports.
 pub struct Metrics {
     registry: PromRegistry,
@@ -63,6 +82,7 @@ pub struct Metrics {
     partition_fsyncs: Family<PartitionLabels, Gauge>,
     partition_failed: Family<PartitionLabels, Gauge>,
     consumer_lag: Family<LagLabels, Gauge>,
+    queues: QueueMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -90,6 +110,7 @@ impl Default for Metrics {
             partition_fsyncs: Family::default(),
             partition_failed: Family::default(),
             consumer_lag: Family::default(),
+            queues: QueueMetrics::default(),
             registry: PromRegistry::default(),
         };
         registry.register(
@@ -171,6 +192,43 @@ impl Default for Metrics {
             "consumer_lag",
             "Records between a group's committed offset and the end",
             m.consumer_lag.clone(),
+        );
+        let q = &m.queues;
+        registry.register(
+            "queue_ready",
+            "Records of a queue available for delivery now",
+            q.ready.clone(),
+        );
+        registry.register(
+            "queue_delayed",
+            "Records of a queue waiting for a retry's backoff, a nack's delay or a delivery time",
+            q.delayed.clone(),
+        );
+        registry.register(
+            "queue_leased",
+            "Records of a queue leased to workers",
+            q.leased.clone(),
+        );
+        registry.register(
+            "queue_paused",
+            "1 while a queue cannot deliver new records (DescribeQueue.paused says why), else 0",
+            q.paused.clone(),
+        );
+        registry.register(
+            "queue_oldest_ready_age_seconds",
+            "How long the oldest ready record of a queue has waited",
+            q.oldest_ready_age.clone(),
+        );
+        registry.register("queue_acked", "Records of a queue acked", q.acked.clone());
+        registry.register(
+            "queue_redelivered",
+            "Leases granted for a second or later attempt",
+            q.redelivered.clone(),
+        );
+        registry.register(
+            "queue_dead_lettered",
+            "Records of a queue dead-lettered",
+            q.dead_lettered.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -269,11 +327,51 @@ impl Metrics {
                 }
             }
         }
+        self.render_queues(inner);
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "rendering metrics failed");
         }
         out
+    }
+}
+
+impl Metrics {
+    fn render_queues(&self, inner: &Inner) {
+        let m = &self.queues;
+        m.ready.clear();
+        m.delayed.clear();
+        m.leased.clear();
+        m.paused.clear();
+        m.oldest_ready_age.clear();
+        m.acked.clear();
+        m.redelivered.clear();
+        m.dead_lettered.clear();
+        let now = crate::now_ms();
+        for q in inner.queues.list(None) {
+            let topic = inner.registry.get(&q.topic).ok();
+            let info = q.info(topic.as_deref(), now);
+            let labels = QueueLabels {
+                topic: info.topic.clone(),
+                queue: info.queue.clone(),
+            };
+            m.ready.get_or_create(&labels).set(info.ready as i64);
+            m.delayed.get_or_create(&labels).set(info.delayed as i64);
+            m.leased.get_or_create(&labels).set(info.leased as i64);
+            m.paused
+                .get_or_create(&labels)
+                .set(i64::from(!info.paused.is_empty()));
+            m.oldest_ready_age
+                .get_or_create(&labels)
+                .set(info.oldest_ready_age_ms as f64 / 1000.0);
+            m.acked.get_or_create(&labels).inc_by(info.acked_total);
+            m.redelivered
+                .get_or_create(&labels)
+                .inc_by(info.redelivered_total);
+            m.dead_lettered
+                .get_or_create(&labels)
+                .inc_by(info.dead_lettered_total);
+        }
     }
 }
 

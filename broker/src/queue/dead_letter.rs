@@ -37,9 +37,25 @@ const SEARCH_RECORDS: usize = 10_000;
 /// How often leases are checked for a last attempt that ran out, besides on a wake-up.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// Runs until `shutdown`: dead-letters what is due, on the blocking pool.
+/// The queue log is compacted once it holds this many records (and two segments).
+pub const COMPACT_RECORDS: u64 = 100_000;
+/// Sweeps between compaction checks (about ten seconds).
+const COMPACT_EVERY: u32 = 100;
+
+/// Runs until `shutdown`: dead-letters what is due, on the blocking pool, and now and then
+/// compacts the queue log.
 pub async fn run(queues: Arc<Queues>, registry: Arc<Registry>, shutdown: CancellationToken) {
+    let mut sweeps = 0u32;
     loop {
+        sweeps = sweeps.wrapping_add(1);
+        if sweeps.is_multiple_of(COMPACT_EVERY) {
+            let q = Arc::clone(&queues);
+            match tokio::task::spawn_blocking(move || q.compact(COMPACT_RECORDS)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "compacting the queue log failed"),
+                Err(e) => tracing::error!(error = %e, "queue log compaction panicked"),
+            }
+        }
         tokio::select! {
             () = queues.dead_letters.notified() => {}
             () = tokio::time::sleep(SWEEP_EVERY) => {}

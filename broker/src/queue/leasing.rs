@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::QueueConfig;
 use super::state::{AfterLease, LeaseCheck, Partition, State, after_lease};
-use super::store::{Event, StartSpec};
+use super::store::{Counters, Event, SnapEntry, StartSpec};
 use crate::error::Result;
 use crate::registry::Topic;
 use crate::service::convert;
@@ -476,6 +476,7 @@ impl Queue {
                 ..
             } => {
                 if let Some(part) = st.partitions.get_mut(*p as usize) {
+                    let before = part.entry(*o).map_or(0, |e| e.attempt);
                     part.restore(
                         *o,
                         super::state::Entry {
@@ -488,14 +489,15 @@ impl Queue {
                         },
                     );
                     part.scanned_to(*o + 1);
-                    if *attempt > 1 {
+                    if *attempt > 1 && *attempt > before {
                         st.redelivered_total += 1;
                     }
                 }
             }
             Event::Ack { p, o, .. } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize) {
-                    part.settle(*o);
+                if let Some(part) = st.partitions.get_mut(*p as usize)
+                    && part.settle(*o)
+                {
                     st.acked_total += 1;
                 }
             }
@@ -540,13 +542,102 @@ impl Queue {
                 }
             }
             Event::DeadLettered { p, o, .. } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize) {
-                    part.settle(*o);
+                if let Some(part) = st.partitions.get_mut(*p as usize)
+                    && part.settle(*o)
+                {
                     st.dead_lettered_total += 1;
+                }
+            }
+            Event::Snapshot {
+                p,
+                reset,
+                floor,
+                settled,
+                entries,
+                counters,
+                ..
+            } => {
+                if let Some(c) = counters {
+                    st.acked_total = c.acked;
+                    st.dead_lettered_total = c.dead_lettered;
+                    st.redelivered_total = c.redelivered;
+                    st.retention_dropped_total = c.retention_dropped;
+                }
+                if let Some(part) = st.partitions.get_mut(*p as usize) {
+                    if *reset {
+                        *part = Partition::new(*floor);
+                    }
+                    for (start, end) in settled {
+                        part.restore_settled(*start, *end);
+                    }
+                    for e in entries {
+                        part.restore(e.o, snap_entry(e));
+                    }
                 }
             }
             Event::Create { .. } | Event::Delete { .. } => {}
         }
+    }
+
+    /// This queue as checkpoint events: its `Create` (with today's floors) and its state.
+    pub(super) fn checkpoint(&self) -> Vec<Event> {
+        let st = self.state.lock();
+        let mut events = vec![Event::Create {
+            id: self.id,
+            topic: self.topic.clone(),
+            queue: self.name.clone(),
+            config: self.config.clone(),
+            start: self.start.clone(),
+            floors: st.partitions.iter().map(Partition::floor).collect(),
+        }];
+        for (p, part) in st.partitions.iter().enumerate() {
+            let settled: Vec<(u64, u64)> = part.settled_ranges().collect();
+            let entries: Vec<SnapEntry> = part
+                .entries()
+                .map(|(o, e)| {
+                    let (state, at_ms, lease_ms, reason, dlq_from) = match &e.state {
+                        State::Waiting { at_ms } => ("waiting", *at_ms, 0, String::new(), 0),
+                        State::Leased {
+                            expires_ms,
+                            lease_ms,
+                            ..
+                        } => ("leased", *expires_ms, *lease_ms, String::new(), 0),
+                        State::DeadLettering { reason, dlq_from } => {
+                            ("dead_lettering", 0, 0, reason.clone(), *dlq_from)
+                        }
+                    };
+                    SnapEntry {
+                        o,
+                        attempt: e.attempt,
+                        state: state.to_string(),
+                        at_ms,
+                        lease_ms,
+                        reason,
+                        dlq_from,
+                    }
+                })
+                .collect();
+            let parts = (settled.len().div_ceil(SNAP_RANGES))
+                .max(entries.len().div_ceil(SNAP_ENTRIES))
+                .max(1);
+            for i in 0..parts {
+                events.push(Event::Snapshot {
+                    id: self.id,
+                    p: p as u32,
+                    reset: i == 0,
+                    floor: part.floor(),
+                    settled: part_of(&settled, i, SNAP_RANGES),
+                    entries: part_of(&entries, i, SNAP_ENTRIES),
+                    counters: (p == 0 && i == 0).then_some(Counters {
+                        acked: st.acked_total,
+                        dead_lettered: st.dead_lettered_total,
+                        redelivered: st.redelivered_total,
+                        retention_dropped: st.retention_dropped_total,
+                    }),
+                });
+            }
+        }
+        events
     }
 
     /// The queue's config, start, counts and partitions, for `DescribeQueue`.
@@ -639,6 +730,34 @@ impl Queue {
         consumers.sort_by(|a, b| a.consumer.cmp(&b.consumer));
         info.consumers = consumers;
         info
+    }
+}
+
+/// Checkpoint parts stay well under the queue log's 64 KiB record limit.
+const SNAP_ENTRIES: usize = 300;
+const SNAP_RANGES: usize = 1_000;
+
+/// The `i`-th run of `n` items of `all`.
+fn part_of<T: Clone>(all: &[T], i: usize, n: usize) -> Vec<T> {
+    all.iter().skip(i * n).take(n).cloned().collect()
+}
+
+fn snap_entry(e: &SnapEntry) -> super::state::Entry {
+    let state = match e.state.as_str() {
+        "leased" => State::Leased {
+            expires_ms: e.at_ms,
+            lease_ms: e.lease_ms,
+            consumer: Arc::from(""),
+        },
+        "dead_lettering" => State::DeadLettering {
+            reason: e.reason.clone(),
+            dlq_from: e.dlq_from,
+        },
+        _ => State::Waiting { at_ms: e.at_ms },
+    };
+    super::state::Entry {
+        attempt: e.attempt,
+        state,
     }
 }
 

@@ -61,6 +61,7 @@ impl Queues {
                     start,
                     floors,
                 } => {
+                    // A checkpoint's Create replaces the queue: its snapshot follows.
                     by_id.insert(
                         *id,
                         Arc::new(Queue::new(
@@ -126,6 +127,27 @@ impl Queues {
     /// Closes the queue log (at shutdown, after the last write).
     pub fn close(&self) -> Result<()> {
         self.log.close()
+    }
+
+    /// Checkpoints every queue and drops the log before it, once the log holds more than
+    /// `min_records` records in at least two segments (blocking). Returns the segments
+    /// removed.
+    pub fn compact(&self, min_records: u64) -> Result<usize> {
+        if self.log.segment_count() < 2 || self.log.records() <= min_records {
+            return Ok(0);
+        }
+        let removed = self.log.checkpoint(|| {
+            self.list(None)
+                .iter()
+                .flat_map(|q| q.checkpoint())
+                .collect()
+        })?;
+        tracing::info!(
+            segments = removed,
+            records = self.log.records(),
+            "compacted the queue log"
+        );
+        Ok(removed)
     }
 
     /// Makes `events` durable (blocking).
@@ -281,4 +303,109 @@ fn new_id() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+    use spool_storage::{ProducerStamp, Record, StorageConfig};
+
+    fn open(dir: &std::path::Path) -> (Arc<Storage>, Registry, Queues) {
+        let storage = Arc::new(Storage::open(dir, StorageConfig::default()).unwrap());
+        let config = Arc::new(BrokerConfig {
+            data_dir: dir.to_path_buf(),
+            ..BrokerConfig::default()
+        });
+        let registry = Registry::open(Arc::clone(&storage), config).unwrap();
+        let queues = Queues::open(&storage, &registry).unwrap();
+        (storage, registry, queues)
+    }
+
+    /// The counts and positions a restart must keep.
+    fn summary(q: &Queue, topic: &Topic) -> (u64, u64, u64, u64, Vec<u64>) {
+        let i = q.info(Some(topic), 0);
+        let floors = i.partitions.iter().map(|p| p.ack_floor).collect();
+        (
+            i.acked_total,
+            i.redelivered_total,
+            i.leased + i.delayed,
+            i.ready,
+            floors,
+        )
+    }
+
+    #[test]
+    fn compaction_keeps_the_queue_log_bounded_and_a_restart_sees_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let (_storage, registry, queues) = open(dir.path());
+            let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
+            let topic = registry.create("t", 2, settings).unwrap();
+            for p in &topic.partitions {
+                let records: Vec<Record> = (0..1_000)
+                    .map(|i| Record {
+                        value: format!("v{i}").into(),
+                        timestamp_ms: 1,
+                        ..Record::default()
+                    })
+                    .collect();
+                for chunk in records.chunks(250) {
+                    p.log.append(chunk, ProducerStamp::default()).unwrap();
+                }
+            }
+            let req = v1::CreateQueueRequest {
+                topic: "t".into(),
+                queue: "q".into(),
+                config: Some(v1::QueueConfig {
+                    max_deliveries: 1_000,
+                    ..v1::QueueConfig::default()
+                }),
+                start: None,
+            };
+            let q = queues.create(&registry, &req).unwrap();
+            // Lease everything, ack most, nack some (they stay tracked), over and over:
+            // far more events than live state.
+            let mut now = 1_000_000;
+            let mut removed = 0;
+            for round in 0..60 {
+                let leased = q.lease(&topic, 10_000, 1_000, "w", now).unwrap();
+                queues.persist(&leased.events).unwrap();
+                let settlements: Vec<v1::Settlement> = leased
+                    .deliveries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| v1::Settlement {
+                        partition: d.partition,
+                        offset: d.record.as_ref().unwrap().offset,
+                        lease_id: d.lease_id,
+                        action: if round == 59 || i % 50 != 0 {
+                            v1::SettleAction::Nack
+                        } else {
+                            v1::SettleAction::Ack
+                        } as i32,
+                        delay_ms: Some(0),
+                        reason: String::new(),
+                    })
+                    .collect();
+                let (_, events) = q.settle(&settlements, now, 0);
+                queues.persist(&events).unwrap();
+                removed += queues.compact(10_000).unwrap();
+                now += 10;
+            }
+            assert!(removed > 0, "compaction removed no segment");
+            // About 140,000 events were written.
+            assert!(
+                queues.log.records() < 60_000,
+                "the log holds {} records",
+                queues.log.records()
+            );
+            summary(&q, &topic)
+        };
+        let (_storage, registry, queues) = open(dir.path());
+        let q = queues.get("t", "q").unwrap();
+        let topic = registry.get("t").unwrap();
+        assert_eq!(summary(&q, &topic), before);
+        assert!(before.0 > 0 && before.1 > 0, "{before:?}");
+    }
 }

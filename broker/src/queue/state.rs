@@ -191,10 +191,11 @@ impl Partition {
         }
     }
 
-    /// Settles `offset` (acked or dead-lettered): it is never delivered again.
-    pub fn settle(&mut self, offset: u64) {
+    /// Settles `offset` (acked or dead-lettered): it is never delivered again. False if it
+    /// was settled already (replay applies events a checkpoint may already hold).
+    pub fn settle(&mut self, offset: u64) -> bool {
         if self.is_settled(offset) {
-            return;
+            return false;
         }
         if let Some(e) = self.entries.remove(&offset)
             && matches!(e.state, State::Leased { .. })
@@ -214,6 +215,20 @@ impl Partition {
         }
         self.settled.insert(start, end);
         self.advance_floor();
+        true
+    }
+
+    /// The settled ranges above the floor, for a checkpoint.
+    pub fn settled_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.settled.iter().map(|(s, e)| (*s, *e))
+    }
+
+    /// Adds a settled range from a checkpoint (ranges of one checkpoint never overlap).
+    pub fn restore_settled(&mut self, start: u64, end: u64) {
+        if end > self.floor {
+            self.settled.insert(start.max(self.floor), end);
+            self.advance_floor();
+        }
     }
 
     fn advance_floor(&mut self) {

@@ -83,6 +83,41 @@ pub enum Event {
         p: u32,
         o: u64,
     },
+    /// Part of a checkpoint of partition `p` (after the queue's `Create` in the same
+    /// checkpoint): the first part (`reset`) starts the partition afresh at `floor`.
+    Snapshot {
+        id: u64,
+        p: u32,
+        reset: bool,
+        floor: u64,
+        settled: Vec<(u64, u64)>,
+        entries: Vec<SnapEntry>,
+        /// With partition 0's first part: the queue's counters.
+        counters: Option<Counters>,
+    },
+}
+
+/// A tracked record in a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapEntry {
+    pub o: u64,
+    pub attempt: u32,
+    /// `waiting`, `leased` or `dead_lettering`.
+    pub state: String,
+    /// Waiting: when available; leased: when the lease ends.
+    pub at_ms: i64,
+    pub lease_ms: u32,
+    pub reason: String,
+    pub dlq_from: u64,
+}
+
+/// A queue's totals, carried by checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub acked: u64,
+    pub dead_lettered: u64,
+    pub redelivered: u64,
+    pub retention_dropped: u64,
 }
 
 impl Event {
@@ -95,7 +130,8 @@ impl Event {
             | Event::Nack { id, .. }
             | Event::Extend { id, .. }
             | Event::DeadLetter { id, .. }
-            | Event::DeadLettered { id, .. } => *id,
+            | Event::DeadLettered { id, .. }
+            | Event::Snapshot { id, .. } => *id,
         }
     }
 
@@ -112,6 +148,9 @@ impl Event {
 /// The queue state log.
 pub struct QueueLog {
     log: Arc<Log>,
+    /// Held by every append, and by a checkpoint from its snapshot of the state to its
+    /// append, so that every event before the checkpoint is in it.
+    writes: parking_lot::Mutex<()>,
 }
 
 fn log_config() -> LogConfig {
@@ -141,7 +180,13 @@ impl QueueLog {
                 events.push(e);
             }
         }
-        Ok((QueueLog { log }, events))
+        Ok((
+            QueueLog {
+                log,
+                writes: parking_lot::Mutex::new(()),
+            },
+            events,
+        ))
     }
 
     /// Appends `events` as one batch and returns once they are on disk (blocking).
@@ -150,12 +195,37 @@ impl QueueLog {
             return Ok(());
         }
         let records: Vec<Record> = events.iter().map(Event::encode).collect();
-        let a = self
-            .log
-            .append_unsynced(&records, ProducerStamp::default())?;
+        let a = {
+            let _w = self.writes.lock();
+            self.log
+                .append_unsynced(&records, ProducerStamp::default())?
+        };
         self.log
             .sync_to(a.base_offset + u64::from(a.record_count))?;
         Ok(())
+    }
+
+    /// Writes a checkpoint, `take()`'s events taken while no other append runs, makes it
+    /// durable and removes the closed segments wholly before it (blocking). Returns the
+    /// segments removed.
+    pub fn checkpoint(&self, take: impl FnOnce() -> Vec<Event>) -> Result<usize> {
+        let upto = {
+            let _w = self.writes.lock();
+            let upto = self.log.end_offset();
+            let events = take();
+            for chunk in events.chunks(256) {
+                let records: Vec<Record> = chunk.iter().map(Event::encode).collect();
+                self.log
+                    .append_unsynced(&records, ProducerStamp::default())?;
+            }
+            upto
+        };
+        self.log.sync()?;
+        Ok(self.log.remove_before(upto)?)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.log.segment_count()
     }
 
     pub fn close(&self) -> Result<()> {

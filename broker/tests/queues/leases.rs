@@ -54,6 +54,18 @@ async fn an_expired_lease_is_delivered_again_as_attempt_2_and_its_old_id_is_refu
     let q = describe_queue(&mut c, "jobs", "q").await;
     assert_eq!((q.acked_total, q.redelivered_total, q.leased), (1, 1, 0));
     assert_eq!(q.partitions[0].ack_floor, 1);
+    let metrics = b.metrics();
+    for line in [
+        r#"spool_queue_acked_total{topic="jobs",queue="q"} 1"#,
+        r#"spool_queue_redelivered_total{topic="jobs",queue="q"} 1"#,
+        r#"spool_queue_leased{topic="jobs",queue="q"} 0"#,
+        r#"spool_queue_paused{topic="jobs",queue="q"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -192,4 +204,31 @@ async fn deliver_at_and_delivery_delay_hold_records_back_and_plain_reads_see_the
         })
         .await;
     assert_eq!(code(r), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn at_max_leased_delivery_pauses_and_says_why() {
+    let b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
+    append(&mut c, "jobs", 0, recs("r", 0..5)).await;
+    let config = QueueConfig {
+        max_leased: 2,
+        ..fast(60_000, 5)
+    };
+    create_queue(&mut c, "jobs", "q", config).await;
+    let ds = receive(&mut c, "jobs", "q", 10, 1_000).await;
+    assert_eq!(ds.len(), 2);
+    assert!(receive(&mut c, "jobs", "q", 10, 0).await.is_empty());
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert!(q.paused.contains("max_leased"), "paused: {:?}", q.paused);
+    assert_eq!(q.ready, 3);
+    assert!(
+        b.metrics()
+            .lines()
+            .any(|l| l == r#"spool_queue_paused{topic="jobs",queue="q"} 1"#)
+    );
+    ack_all(&mut c, "jobs", "q", &ds[..1]).await;
+    let more = receive(&mut c, "jobs", "q", 10, 1_000).await;
+    assert_eq!(more.iter().map(offset).collect::<Vec<_>>(), vec![2]);
 }
