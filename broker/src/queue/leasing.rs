@@ -3,7 +3,6 @@
 //! the caller appends them before answering.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -123,14 +122,19 @@ impl Queue {
     /// The id of lease `attempt` of a record: derived, so nothing per lease is stored, and
     /// salted with the queue's id, so another queue's (or an old queue's) ids do not match.
     pub fn lease_id(&self, partition: u32, offset: u64, attempt: u32) -> u64 {
-        let mut h =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .build_hasher();
-        h.write_u64(self.id);
-        h.write_u32(partition);
-        h.write_u64(offset);
-        h.write_u32(attempt);
-        h.finish()
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.id.to_le_bytes());
+        bytes[8..12].copy_from_slice(&partition.to_le_bytes());
+        bytes[12..20].copy_from_slice(&offset.to_le_bytes());
+        bytes[20..].copy_from_slice(&attempt.to_le_bytes());
+        // A stable hash: ids granted before an upgrade must still match after it.
+        spool_proto::partitioning::fnv1a64(&bytes)
+    }
+
+    /// The key a record is ordered by: its key's hash under key ordering, unless empty.
+    fn order_key(&self, key: &[u8]) -> Option<u64> {
+        (self.config.ordering == super::config::Ordering::Key && !key.is_empty())
+            .then(|| spool_proto::partitioning::fnv1a64(key))
     }
 
     /// Leases up to `max` available records (blocking: reads the topic's logs).
@@ -173,11 +177,13 @@ impl Queue {
                     st.retention_dropped_total += 1;
                     continue;
                 };
+                let key = self.order_key(&record.key);
                 let attempt = part.grant(
                     o,
                     now + i64::from(lease_ms),
                     lease_ms,
                     Arc::clone(&consumer),
+                    key,
                 );
                 if attempt > 1 {
                     st.redelivered_total += 1;
@@ -234,7 +240,7 @@ impl Queue {
                         AfterLease::DeadLetter => note(*expires_ms),
                     }
                 }
-                State::DeadLettering { .. } => {}
+                State::DeadLettering { .. } | State::Blocked { .. } => {}
             }
         }
         due
@@ -276,13 +282,16 @@ impl Queue {
                 let o = r.offset;
                 if part.is_fresh(o) {
                     let proto = convert::to_proto(r);
+                    let key = self.order_key(&proto.key);
                     let at = proto.deliver_at_ms.max(
                         proto
                             .timestamp_ms
                             .saturating_add(self.config.delivery_delay_ms as i64),
                     );
-                    if at > now {
-                        part.wait_fresh(o, at);
+                    if part.key_is_held(key) {
+                        part.track_fresh(o, State::Blocked { at_ms: at }, key);
+                    } else if at > now {
+                        part.track_fresh(o, State::Waiting { at_ms: at }, key);
                         out.next_due_ms = Some(out.next_due_ms.map_or(at, |d| d.min(at)));
                     } else {
                         let attempt = part.grant(
@@ -290,6 +299,7 @@ impl Queue {
                             now + i64::from(lease_ms),
                             lease_ms,
                             Arc::clone(consumer),
+                            key,
                         );
                         self.deliver_proto(partition, proto, attempt, now, lease_ms, out);
                     }
@@ -337,6 +347,7 @@ impl Queue {
             attempt,
             expires_ms,
             lease_ms,
+            key: self.order_key(&record.key),
         });
         out.deliveries.push(v1::Delivery {
             record: Some(record),
@@ -473,6 +484,7 @@ impl Queue {
                 attempt,
                 expires_ms,
                 lease_ms,
+                key,
                 ..
             } => {
                 if let Some(part) = st.partitions.get_mut(*p as usize) {
@@ -486,6 +498,7 @@ impl Queue {
                                 lease_ms: *lease_ms,
                                 consumer: Arc::from(""),
                             },
+                            key: *key,
                         },
                     );
                     part.scanned_to(*o + 1);
@@ -592,8 +605,10 @@ impl Queue {
         }];
         for (p, part) in st.partitions.iter().enumerate() {
             let settled: Vec<(u64, u64)> = part.settled_ranges().collect();
+            // Blocked records are not written: a scan after the restart finds them again.
             let entries: Vec<SnapEntry> = part
                 .entries()
+                .filter(|(_, e)| !matches!(e.state, State::Blocked { .. }))
                 .map(|(o, e)| {
                     let (state, at_ms, lease_ms, reason, dlq_from) = match &e.state {
                         State::Waiting { at_ms } => ("waiting", *at_ms, 0, String::new(), 0),
@@ -605,6 +620,7 @@ impl Queue {
                         State::DeadLettering { reason, dlq_from } => {
                             ("dead_lettering", 0, 0, reason.clone(), *dlq_from)
                         }
+                        State::Blocked { .. } => unreachable!("filtered out"),
                     };
                     SnapEntry {
                         o,
@@ -614,6 +630,7 @@ impl Queue {
                         lease_ms,
                         reason,
                         dlq_from,
+                        key: e.key,
                     }
                 })
                 .collect();
@@ -691,9 +708,10 @@ impl Queue {
                             info.delayed += 1;
                         }
                     }
-                    State::DeadLettering { .. } => {}
+                    State::DeadLettering { .. } | State::Blocked { .. } => {}
                 }
             }
+            info.blocked_keys += part.blocked_keys() as u64;
             // Records never touched: available (a delivery time not yet seen counts as
             // ready until a scan reads it).
             let untouched = (end.saturating_sub(part.floor()))
@@ -758,6 +776,7 @@ fn snap_entry(e: &SnapEntry) -> super::state::Entry {
     super::state::Entry {
         attempt: e.attempt,
         state,
+        key: e.key,
     }
 }
 

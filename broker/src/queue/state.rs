@@ -9,7 +9,7 @@
 //! delivery time. Memory is bounded by the entries (at most `2 × max_leased`: leased ones
 //! plus those waiting), since each gap between settled ranges holds at least one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// A touched, unsettled record.
@@ -19,6 +19,8 @@ pub struct Entry {
     /// for its delivery time).
     pub attempt: u32,
     pub state: State,
+    /// The record's key hash when the queue orders by key and the key is not empty.
+    pub key: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,9 @@ pub enum State {
         lease_ms: u32,
         consumer: Arc<str>,
     },
+    /// A fresh record behind an unsettled earlier record of its key (key ordering),
+    /// available from `at_ms` once it heads its key. Not persisted: a scan finds it again.
+    Blocked { at_ms: i64 },
     /// To be dead-lettered (the intent is durable); settled once the dead letter is.
     /// `dlq_from`: the dead-letter topic's end offset when the intent was written, where a
     /// search for a copy written before a crash starts.
@@ -66,6 +71,10 @@ pub struct Partition {
     entries: BTreeMap<u64, Entry>,
     scan: u64,
     leased: usize,
+    /// Key ordering: the oldest unsettled tracked record of each key (it alone may be
+    /// leased), and the records waiting behind it.
+    heads: HashMap<u64, u64>,
+    blocked: HashMap<u64, BTreeSet<u64>>,
 }
 
 impl Partition {
@@ -132,13 +141,25 @@ impl Partition {
         self.scan = self.scan.max(offset);
     }
 
-    /// Starts tracking a fresh record that is not due yet.
-    pub fn wait_fresh(&mut self, offset: u64, at_ms: i64) {
+    /// Whether a fresh record of `key` must wait behind an earlier one.
+    pub fn key_is_held(&self, key: Option<u64>) -> bool {
+        key.is_some_and(|k| self.heads.contains_key(&k))
+    }
+
+    /// Keys with records waiting behind their head.
+    pub fn blocked_keys(&self) -> usize {
+        self.blocked.len()
+    }
+
+    /// Starts tracking a fresh record that is not due yet (`Waiting`) or waits for its key
+    /// (`Blocked`).
+    pub fn track_fresh(&mut self, offset: u64, state: State, key: Option<u64>) {
         self.set(
             offset,
             Entry {
                 attempt: 0,
-                state: State::Waiting { at_ms },
+                state,
+                key,
             },
         );
     }
@@ -150,27 +171,39 @@ impl Partition {
         expires_ms: i64,
         lease_ms: u32,
         consumer: Arc<str>,
+        key: Option<u64>,
     ) -> u32 {
-        let attempt = self.entries.get(&offset).map_or(0, |e| e.attempt) + 1;
+        let (attempt, key) = self
+            .entries
+            .get(&offset)
+            .map_or((0, key), |e| (e.attempt, e.key));
         self.set(
             offset,
             Entry {
-                attempt,
+                attempt: attempt + 1,
                 state: State::Leased {
                     expires_ms,
                     lease_ms,
                     consumer,
                 },
+                key,
             },
         );
-        attempt
+        attempt + 1
     }
 
-    /// Replaces a tracked record's state, keeping its attempt count.
+    /// Replaces a tracked record's state, keeping its attempt count and key.
     pub fn set_state(&mut self, offset: u64, state: State) {
         if let Some(e) = self.entries.get(&offset) {
-            let attempt = e.attempt;
-            self.set(offset, Entry { attempt, state });
+            let (attempt, key) = (e.attempt, e.key);
+            self.set(
+                offset,
+                Entry {
+                    attempt,
+                    state,
+                    key,
+                },
+            );
         }
     }
 
@@ -182,6 +215,15 @@ impl Partition {
     }
 
     fn set(&mut self, offset: u64, entry: Entry) {
+        if let Some(k) = entry.key {
+            if matches!(entry.state, State::Blocked { .. }) {
+                self.blocked.entry(k).or_default().insert(offset);
+            } else {
+                self.unblock(k, offset);
+                let head = self.heads.entry(k).or_insert(offset);
+                *head = (*head).min(offset);
+            }
+        }
         let was = self.entries.insert(offset, entry.clone());
         if matches!(was.map(|e| e.state), Some(State::Leased { .. })) {
             self.leased -= 1;
@@ -191,16 +233,77 @@ impl Partition {
         }
     }
 
+    fn unblock(&mut self, key: u64, offset: u64) {
+        if let Some(set) = self.blocked.get_mut(&key) {
+            set.remove(&offset);
+            if set.is_empty() {
+                self.blocked.remove(&key);
+            }
+        }
+    }
+
+    /// The head of `key` at `offset` is settled: the next record of the key (if tracked)
+    /// heads it now and becomes available at its time.
+    fn next_head(&mut self, key: u64, offset: u64) {
+        if self.heads.get(&key) != Some(&offset) {
+            return;
+        }
+        self.heads.remove(&key);
+        let next = self.blocked.get(&key).and_then(|s| s.first().copied());
+        if let Some(next) = next
+            && let Some(State::Blocked { at_ms }) = self.entries.get(&next).map(|e| e.state.clone())
+        {
+            self.set_state(next, State::Waiting { at_ms });
+        }
+    }
+
+    /// Rebuilds the key maps from the entries (after retention removed some).
+    fn rekey(&mut self) {
+        self.heads.clear();
+        self.blocked.clear();
+        let keyed: Vec<(u64, u64, bool)> = self
+            .entries
+            .iter()
+            .filter_map(|(o, e)| {
+                e.key
+                    .map(|k| (*o, k, matches!(e.state, State::Blocked { .. })))
+            })
+            .collect();
+        for (o, k, blocked) in keyed {
+            if blocked {
+                self.blocked.entry(k).or_default().insert(o);
+            } else {
+                self.heads.entry(k).or_insert(o);
+            }
+        }
+        // A key whose head retention removed: its oldest waiting record heads it now.
+        let orphans: Vec<(u64, u64)> = self
+            .blocked
+            .iter()
+            .filter(|(k, _)| !self.heads.contains_key(k))
+            .filter_map(|(k, s)| s.first().map(|o| (*k, *o)))
+            .collect();
+        for (_, o) in orphans {
+            if let Some(State::Blocked { at_ms }) = self.entries.get(&o).map(|e| e.state.clone()) {
+                self.set_state(o, State::Waiting { at_ms });
+            }
+        }
+    }
+
     /// Settles `offset` (acked or dead-lettered): it is never delivered again. False if it
     /// was settled already (replay applies events a checkpoint may already hold).
     pub fn settle(&mut self, offset: u64) -> bool {
         if self.is_settled(offset) {
             return false;
         }
-        if let Some(e) = self.entries.remove(&offset)
-            && matches!(e.state, State::Leased { .. })
-        {
-            self.leased -= 1;
+        if let Some(e) = self.entries.remove(&offset) {
+            if matches!(e.state, State::Leased { .. }) {
+                self.leased -= 1;
+            }
+            if let Some(k) = e.key {
+                self.unblock(k, offset);
+                self.next_head(k, offset);
+            }
         }
         let mut start = offset;
         let mut end = offset + 1;
@@ -264,6 +367,7 @@ impl Partition {
         }
         self.floor = start;
         self.advance_floor();
+        self.rekey();
         unsettled
     }
 
@@ -318,7 +422,7 @@ mod tests {
     fn acks_out_of_order_keep_ranges_and_move_the_floor() {
         let mut p = Partition::new(10);
         for o in 10..20 {
-            p.grant(o, 1_000, 100, who());
+            p.grant(o, 1_000, 100, who(), None);
         }
         assert_eq!(p.leased(), 10);
         for o in [12, 14, 13, 11] {
@@ -337,10 +441,10 @@ mod tests {
     fn lease_ids_name_the_current_or_an_ended_lease() {
         let mut p = Partition::new(0);
         let id = |a: u32| 100 + u64::from(a);
-        p.grant(0, 1_000, 100, who());
+        p.grant(0, 1_000, 100, who(), None);
         assert_eq!(p.check_lease(0, 101, 500, id), LeaseCheck::Active);
         assert_eq!(p.check_lease(0, 101, 1_000, id), LeaseCheck::Ended);
-        p.grant(0, 3_000, 100, who());
+        p.grant(0, 3_000, 100, who(), None);
         assert_eq!(p.check_lease(0, 101, 1_500, id), LeaseCheck::Ended);
         assert_eq!(p.check_lease(0, 102, 1_500, id), LeaseCheck::Active);
         assert_eq!(p.check_lease(0, 999, 1_500, id), LeaseCheck::Unknown);
@@ -351,10 +455,10 @@ mod tests {
     #[test]
     fn retention_drops_what_it_removed_and_counts_the_unsettled() {
         let mut p = Partition::new(0);
-        p.grant(2, 1_000, 100, who());
+        p.grant(2, 1_000, 100, who(), None);
         p.settle(3);
         p.settle(4);
-        p.grant(7, 1_000, 100, who());
+        p.grant(7, 1_000, 100, who(), None);
         // 0..6: 3 and 4 settled, so 0, 1, 2 and 5 were unsettled.
         assert_eq!(p.drop_below(6), 4);
         assert_eq!(p.floor(), 6);
@@ -366,6 +470,32 @@ mod tests {
         // 6 (fresh) and 7 (leased) were unsettled.
         assert_eq!(p.drop_below(9), 2);
         assert_eq!(p.floor(), 10);
+    }
+
+    #[test]
+    fn a_key_flows_one_record_at_a_time_in_offset_order() {
+        let mut p = Partition::new(0);
+        let k = Some(7);
+        // 0 heads key 7; 1 and 3 wait behind it; 2 is another key.
+        p.grant(0, 1_000, 100, who(), k);
+        for o in [1, 3] {
+            assert!(p.key_is_held(k));
+            p.track_fresh(o, State::Blocked { at_ms: 5 }, k);
+        }
+        assert!(!p.key_is_held(Some(8)));
+        assert_eq!(p.blocked_keys(), 1);
+        // A nack keeps the head: the key stays held while it waits.
+        p.set_state(0, State::Waiting { at_ms: 50 });
+        assert!(matches!(p.entry(1).unwrap().state, State::Blocked { .. }));
+        p.settle(0);
+        assert_eq!(p.entry(1).unwrap().state, State::Waiting { at_ms: 5 });
+        assert!(matches!(p.entry(3).unwrap().state, State::Blocked { .. }));
+        p.grant(1, 1_000, 100, who(), None);
+        p.settle(1);
+        assert_eq!(p.entry(3).unwrap().state, State::Waiting { at_ms: 5 });
+        assert_eq!(p.blocked_keys(), 0);
+        p.settle(3);
+        assert!(!p.key_is_held(k));
     }
 
     #[test]

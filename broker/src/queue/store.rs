@@ -51,6 +51,9 @@ pub enum Event {
         attempt: u32,
         expires_ms: i64,
         lease_ms: u32,
+        /// The record's key hash (FNV-1a 64) when the queue orders by key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<u64>,
     },
     Ack {
         id: u64,
@@ -109,6 +112,8 @@ pub struct SnapEntry {
     pub lease_ms: u32,
     pub reason: String,
     pub dlq_from: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<u64>,
 }
 
 /// A queue's totals, carried by checkpoints.

@@ -232,3 +232,88 @@ async fn at_max_leased_delivery_pauses_and_says_why() {
     let more = receive(&mut c, "jobs", "q", 10, 1_000).await;
     assert_eq!(more.iter().map(offset).collect::<Vec<_>>(), vec![2]);
 }
+
+#[tokio::test]
+async fn key_ordering_leases_one_record_per_key_in_order_even_under_redelivery() {
+    let b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
+    let keyed = |k: &str, v: &str| Record {
+        key: k.to_string().into(),
+        value: v.to_string().into(),
+        ..Record::default()
+    };
+    append(
+        &mut c,
+        "jobs",
+        0,
+        vec![
+            keyed("a", "a0"),
+            keyed("b", "b0"),
+            keyed("a", "a1"),
+            rec("e0"),
+            keyed("b", "b1"),
+            keyed("a", "a2"),
+            rec("e1"),
+        ],
+    )
+    .await;
+    let config = QueueConfig {
+        ordering: QueueOrdering::Key as i32,
+        ..fast(1_000, 5)
+    };
+    create_queue(&mut c, "jobs", "q", config).await;
+    let vals = |ds: &[Delivery]| -> Vec<String> {
+        ds.iter()
+            .map(|d| value(d.record.as_ref().unwrap()))
+            .collect()
+    };
+    let first = receive(&mut c, "jobs", "q", 10, 1_000).await;
+    assert_eq!(vals(&first), vec!["a0", "b0", "e0", "e1"]);
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!(q.blocked_keys, 2, "a1, a2 wait behind a0; b1 behind b0");
+    // b0 acked: b1 flows (acked at once). a0 is left to expire: it comes back as attempt
+    // 2, and a1 still waits.
+    ack_all(&mut c, "jobs", "q", &first[1..]).await;
+    let mut saw_b1 = false;
+    let a0 = within("a0 again", async {
+        loop {
+            for d in receive(&mut c, "jobs", "q", 10, 1_000).await {
+                match value(d.record.as_ref().unwrap()).as_str() {
+                    "b1" => {
+                        ack_all(&mut c, "jobs", "q", std::slice::from_ref(&d)).await;
+                        saw_b1 = true;
+                    }
+                    "a0" => return d,
+                    other => panic!("{other} delivered while a0 is unsettled"),
+                }
+            }
+        }
+    })
+    .await;
+    assert!(saw_b1);
+    assert_eq!(a0.attempt, 2);
+    // A nack with a delay keeps a's later records waiting until a0 is acked.
+    let r = settle(
+        &mut c,
+        "jobs",
+        "q",
+        vec![settlement(&a0, SettleAction::Nack, Some(300))],
+    )
+    .await;
+    assert_eq!(r, vec![SettleResult::Ok]);
+    let again = receive_n(&mut c, "jobs", "q", 1).await;
+    assert_eq!(
+        (vals(&again), again[0].attempt),
+        (vec!["a0".to_string()], 3)
+    );
+    ack_all(&mut c, "jobs", "q", &again).await;
+    let a1 = receive_n(&mut c, "jobs", "q", 1).await;
+    assert_eq!(vals(&a1), vec!["a1"]);
+    ack_all(&mut c, "jobs", "q", &a1).await;
+    let a2 = receive_n(&mut c, "jobs", "q", 1).await;
+    assert_eq!(vals(&a2), vec!["a2"]);
+    ack_all(&mut c, "jobs", "q", &a2).await;
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!((q.blocked_keys, q.partitions[0].ack_floor), (0, 7));
+}
