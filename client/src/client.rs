@@ -344,6 +344,100 @@ impl Client {
         })
         .await
     }
+
+    /// Creates a queue on `topic` (idempotent for the same config) and returns it.
+    pub async fn create_queue(
+        &self,
+        topic: &str,
+        queue: &str,
+        config: QueueConfig,
+        start: Option<StartPosition>,
+    ) -> Result<QueueInfo> {
+        let resp = self
+            .retrying(|mut c| {
+                let r = self.request(CreateQueueRequest {
+                    topic: topic.to_string(),
+                    queue: queue.to_string(),
+                    config: Some(config.clone()),
+                    start,
+                });
+                async move { c.create_queue(r).await }
+            })
+            .await?;
+        resp.queue
+            .ok_or_else(|| Error::InvalidArgument("the broker answered without a queue".into()))
+    }
+
+    /// Deletes a queue (its topic and dead-letter topic stay).
+    pub async fn delete_queue(&self, topic: &str, queue: &str) -> Result<()> {
+        let r = self.request(DeleteQueueRequest {
+            topic: topic.to_string(),
+            queue: queue.to_string(),
+        });
+        self.raw
+            .clone()
+            .delete_queue(r)
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
+    /// The queues of `topic`, or of every topic.
+    pub async fn list_queues(&self, topic: Option<&str>) -> Result<Vec<QueueInfo>> {
+        let resp = self
+            .retrying(|mut c| {
+                let r = self.request(ListQueuesRequest {
+                    topic: topic.unwrap_or_default().to_string(),
+                });
+                async move { c.list_queues(r).await }
+            })
+            .await?;
+        Ok(resp.queues)
+    }
+
+    /// A queue's config, counts and partitions.
+    pub async fn describe_queue(&self, topic: &str, queue: &str) -> Result<QueueInfo> {
+        let resp = self
+            .retrying(|mut c| {
+                let r = self.request(DescribeQueueRequest {
+                    topic: topic.to_string(),
+                    queue: queue.to_string(),
+                });
+                async move { c.describe_queue(r).await }
+            })
+            .await?;
+        resp.queue
+            .ok_or_else(|| Error::InvalidArgument("the broker answered without a queue".into()))
+    }
+
+    /// Leases records of a queue (a long poll of up to `request.wait_ms`). Not retried: a
+    /// retry after a lost answer would lease other records while the first stay leased.
+    pub async fn receive(&self, request: ReceiveRequest) -> Result<Vec<spool_proto::v1::Delivery>> {
+        let wait = std::time::Duration::from_millis(u64::from(request.wait_ms));
+        let mut r = tonic::Request::new(request);
+        r.set_timeout(self.options.request_timeout + wait);
+        Ok(self
+            .raw
+            .clone()
+            .receive(r)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .deliveries)
+    }
+
+    /// Settles leased records; one outcome per settlement, in order.
+    pub async fn settle(&self, request: SettleRequest) -> Result<Vec<SettleOutcome>> {
+        let r = self.request(request);
+        Ok(self
+            .raw
+            .clone()
+            .settle(r)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .outcomes)
+    }
 }
 
 /// Reads the PEM files of `tls` into a rustls client configuration.

@@ -24,6 +24,7 @@
 //! - `client`: [`Client`], connection options and the administrative calls.
 //! - `producer`: [`Producer`]: batching per partition, pipelining, idempotent retries.
 //! - `consumer`: [`Reader`] and [`GroupConsumer`].
+//! - `queue`: [`QueueConsumer`], a queue's worker with automatic lease extension.
 //! - `backoff`: exponential backoff with jitter for reconnects.
 //! - `error`: the one error type, which says whether a retry could help.
 //! - `cli/` (binary `spool` only): the command line.
@@ -33,6 +34,7 @@ mod client;
 mod consumer;
 mod error;
 mod producer;
+mod queue;
 
 pub use backoff::Backoff;
 pub use client::{AuthHeader, Client, ClientOptions, TlsOptions, Transport};
@@ -44,6 +46,7 @@ pub use error::{Error, Result};
 pub use producer::{
     Delivery, PendingBatch, PendingDelivery, Producer, ProducerOptions, ProducerRecord,
 };
+pub use queue::{Job, QueueConsumer, QueueOptions};
 pub use spool_proto::v1;
 
 /// The endpoint the CLI and examples use when none is given.
