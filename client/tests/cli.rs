@@ -1,87 +1,11 @@
 //! End-to-end tests of the `spool` binary against an in-process broker on an ephemeral
 //! loopback port with a temporary data directory.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
 use spool_broker::testing::TempBroker;
 
-const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+mod cli_support;
 
-/// A finished `spool` run.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-
-    #[track_caller]
-    fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "spool failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Run {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
-/// Runs `spool --server <endpoint> args...` with `stdin` as its input, off the async threads
-/// (the broker runs on them).
-async fn spool_in(endpoint: &str, args: &[&str], stdin: Option<Vec<u8>>) -> Run {
-    let mut full = vec!["--server".to_string(), endpoint.to_string()];
-    full.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || run_blocking(&full, stdin, &[]))
-        .await
-        .expect("the spool runner does not panic")
-}
-
-async fn spool(endpoint: &str, args: &[&str]) -> Run {
-    spool_in(endpoint, args, None).await
-}
-
-fn run_blocking(args: &[String], stdin: Option<Vec<u8>>, env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(SPOOL);
-    cmd.args(args)
-        .env_remove("SPOOL_SERVER")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn spool");
-    let writer = stdin.map(|data| {
-        let mut pipe = child.stdin.take().expect("piped stdin");
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        })
-    });
-    let out = child.wait_with_output().expect("wait for spool");
-    if let Some(w) = writer {
-        w.join().expect("stdin writer");
-    }
-    out.into()
-}
+use cli_support::*;
 
 fn seq(from: u64, to: u64) -> Vec<u8> {
     let mut s = String::new();
@@ -605,6 +529,12 @@ fn every_subcommand_has_help_with_an_example() {
         &["group", "describe"],
         &["offsets", "commit"],
         &["offsets", "get"],
+        &["queue", "create"],
+        &["queue", "list"],
+        &["queue", "describe"],
+        &["queue", "delete"],
+        &["queue", "receive"],
+        &["queue", "work"],
     ];
     for c in commands {
         let mut args: Vec<String> = c.iter().map(|s| s.to_string()).collect();
@@ -620,7 +550,7 @@ fn every_subcommand_has_help_with_an_example() {
     }
     let top = run_blocking(&["--help".into()], None, &[]);
     assert!(top.stdout.contains("Exit codes"), "{}", top.stdout);
-    for c in ["topic", "group", "offsets"] {
+    for c in ["topic", "group", "offsets", "queue"] {
         let r = run_blocking(&[c.into(), "--help".into()], None, &[]);
         assert_eq!(r.code, 0, "{c}");
     }

@@ -9,6 +9,7 @@
 //!   [`spool_client::Producer`].
 //! - `consume`: `spool consume`, as a plain reader or a group member.
 //! - `group`: `spool group list|describe` and `spool offsets commit|get`.
+//! - `queue`: `spool queue create|list|describe|delete|receive|work`.
 //! - `output`: aligned tables, human numbers and the JSON form of a record.
 //!
 //! # Exit codes
@@ -25,6 +26,7 @@ mod consume;
 mod group;
 mod output;
 mod produce;
+mod queue;
 mod topic;
 
 use std::process::ExitCode;
@@ -43,6 +45,7 @@ Examples:
   seq 1 1000 | spool produce events
   spool consume events -n 10
   spool consume events --group billing --follow --output json
+  spool queue create events jobs && spool queue work events jobs --exec 'cat'
 
 Exit codes:
   0  success
@@ -102,6 +105,9 @@ enum Command {
     /// Read or set a consumer group's committed offsets.
     #[command(subcommand)]
     Offsets(group::OffsetsCommand),
+    /// Create and inspect queues; receive records or run a command per record.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
 }
 
 /// Parses the command line, runs it, and maps the outcome to an exit code.
@@ -151,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Group(cmd) => group::run_group(&client, cmd).await,
         Command::Offsets(cmd) => group::run_offsets(&client, cmd).await,
+        Command::Queue(cmd) => queue::run(&client, cmd).await,
     }
 }
 

@@ -27,6 +27,7 @@ const PROGRESS_AFTER_RECORDS: u64 = 20_000;
 Examples:
   seq 1 100000 | spool produce numbers
   spool produce orders --file orders.jsonl --key customer-7 --header source=import
+  echo reminder | spool produce jobs --delay 30m
 
 Each line (without its line ending) becomes one record's value; empty lines become empty
 records. Records are batched and sent idempotently: a retry after a dropped connection
@@ -47,6 +48,13 @@ pub struct ProduceArgs {
     /// Send every record to this partition (overrides the key's choice).
     #[arg(long, short)]
     partition: Option<u32>,
+    /// Queues deliver each record no earlier than this long after it is sent (e.g. 30s, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "deliver_at")]
+    delay: Option<Duration>,
+    /// Queues deliver the records no earlier than this time (RFC 3339, e.g.
+    /// 2026-12-24T18:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak)]
+    deliver_at: Option<std::time::SystemTime>,
     /// How long records may wait for an unreachable broker before they count as failed.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     delivery_timeout: Duration,
@@ -115,6 +123,12 @@ pub async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
                         let mut record = ProducerRecord::new(value).key(key.clone());
                         record.headers = headers.clone();
                         record.partition = args.partition;
+                        let at = args
+                            .deliver_at
+                            .or_else(|| args.delay.map(|d| std::time::SystemTime::now() + d));
+                        if let Some(at) = at {
+                            record = record.deliver_at(at);
+                        }
                         pending.push(producer.enqueue(record).await?);
                         sent += 1;
                     }

@@ -209,7 +209,7 @@ impl Actor {
             headers: record.headers,
             timestamp_ms: record.timestamp_ms,
             offset: 0,
-            deliver_at_ms: 0,
+            deliver_at_ms: record.deliver_at_ms,
         };
         let acc = &mut self.acc[p];
         let size = r.payload_len();

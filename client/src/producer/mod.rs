@@ -36,6 +36,8 @@ pub struct ProducerRecord {
     pub timestamp_ms: i64,
     /// An explicit partition; otherwise the key's hash, otherwise round-robin.
     pub partition: Option<u32>,
+    /// When queues may deliver it, ms since the Unix epoch (broker clock); 0 = at once.
+    pub deliver_at_ms: i64,
 }
 
 impl ProducerRecord {
@@ -66,6 +68,14 @@ impl ProducerRecord {
 
     pub fn timestamp_ms(mut self, ts: i64) -> Self {
         self.timestamp_ms = ts;
+        self
+    }
+
+    /// Queues deliver the record no earlier than `at` (plain reads see it at once).
+    pub fn deliver_at(mut self, at: std::time::SystemTime) -> Self {
+        self.deliver_at_ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         self
     }
 }
