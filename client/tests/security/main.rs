@@ -211,6 +211,7 @@ fn superuser(principal: &str) -> Vec<AclRule> {
     vec![
         rule(principal, "topic:*", &ALL_OPS),
         rule(principal, "group:*", &ALL_OPS),
+        rule(principal, "queue:*", &ALL_OPS),
         rule(principal, "cluster", &ALL_OPS),
     ]
 }

@@ -6,12 +6,16 @@ use super::*;
 // The RPCs, one row each
 // ---------------------------------------------------------------------------------------
 
-/// What a permission applies to: the row's topic or its group.
+/// What a permission applies to: the row's topic, its group, or its queue (named like
+/// the group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Topic,
     Group,
+    Queue,
 }
+
+const KINDS: [Kind; 3] = [Kind::Topic, Kind::Group, Kind::Queue];
 
 /// Every RPC of `spool.v1.Broker`; Subscribe twice, because starting from a group's
 /// committed offsets needs one more permission.
@@ -31,9 +35,16 @@ pub(super) enum Rpc {
     Consume,
     ListGroups,
     DescribeGroup,
+    CreateQueue,
+    DeleteQueue,
+    ListQueues,
+    DescribeQueue,
+    Receive,
+    Settle,
+    Work,
 }
 
-pub(super) const RPCS: [Rpc; 14] = [
+pub(super) const RPCS: [Rpc; 21] = [
     Rpc::CreateTopic,
     Rpc::DeleteTopic,
     Rpc::ListTopics,
@@ -48,6 +59,13 @@ pub(super) const RPCS: [Rpc; 14] = [
     Rpc::Consume,
     Rpc::ListGroups,
     Rpc::DescribeGroup,
+    Rpc::CreateQueue,
+    Rpc::DeleteQueue,
+    Rpc::ListQueues,
+    Rpc::DescribeQueue,
+    Rpc::Receive,
+    Rpc::Settle,
+    Rpc::Work,
 ];
 
 /// One record, so reads and subscriptions have something to return.
@@ -72,7 +90,7 @@ impl Rpc {
         match self {
             Rpc::CreateTopic => &[(Create, Topic)],
             Rpc::DeleteTopic => &[(Delete, Topic)],
-            Rpc::ListTopics | Rpc::ListGroups => &[],
+            Rpc::ListTopics | Rpc::ListGroups | Rpc::ListQueues => &[],
             Rpc::DescribeTopic => &[(Describe, Topic)],
             Rpc::Append | Rpc::AppendStream => &[(Append, Topic)],
             Rpc::Read | Rpc::Subscribe => &[(Read, Topic)],
@@ -81,6 +99,10 @@ impl Rpc {
             Rpc::GetOffsets => &[(Describe, Group), (Describe, Topic)],
             Rpc::Consume => &[(Read, Topic), (Commit, Group)],
             Rpc::DescribeGroup => &[(Describe, Group)],
+            Rpc::CreateQueue => &[(Create, Queue)],
+            Rpc::DeleteQueue => &[(Delete, Queue)],
+            Rpc::DescribeQueue => &[(Describe, Queue)],
+            Rpc::Receive | Rpc::Settle | Rpc::Work => &[(Read, Topic), (Commit, Queue)],
         }
     }
 
@@ -204,6 +226,67 @@ impl Rpc {
                 })
                 .await?;
             }
+            Rpc::CreateQueue => {
+                c.create_queue(CreateQueueRequest {
+                    topic: t,
+                    queue: g,
+                    config: None,
+                    start: None,
+                })
+                .await?;
+            }
+            Rpc::DeleteQueue => {
+                c.delete_queue(DeleteQueueRequest { topic: t, queue: g })
+                    .await?;
+            }
+            Rpc::ListQueues => {
+                let r = c
+                    .list_queues(ListQueuesRequest::default())
+                    .await?
+                    .into_inner();
+                return Ok(r.queues.into_iter().map(|q| q.queue).collect());
+            }
+            Rpc::DescribeQueue => {
+                c.describe_queue(DescribeQueueRequest { topic: t, queue: g })
+                    .await?;
+            }
+            Rpc::Receive => {
+                c.receive(ReceiveRequest {
+                    topic: t,
+                    queue: g,
+                    ..ReceiveRequest::default()
+                })
+                .await?;
+            }
+            Rpc::Settle => {
+                let unknown = Settlement {
+                    partition: 0,
+                    offset: 0,
+                    lease_id: 1,
+                    action: SettleAction::Ack as i32,
+                    ..Settlement::default()
+                };
+                c.settle(SettleRequest {
+                    topic: t,
+                    queue: g,
+                    settlements: vec![unknown],
+                })
+                .await?;
+            }
+            Rpc::Work => {
+                let start = WorkRequest {
+                    kind: Some(work_request::Kind::Start(WorkStart {
+                        topic: t,
+                        queue: g,
+                        ..WorkStart::default()
+                    })),
+                };
+                let mut answers = c.work(tokio_stream::iter([start])).await?.into_inner();
+                answers
+                    .message()
+                    .await?
+                    .ok_or_else(|| tonic::Status::internal("Work ended unanswered"))?;
+            }
         }
         Ok(none)
     }
@@ -227,6 +310,20 @@ pub(super) async fn prepare(admin: &Client, rpc: Rpc, topic: &str, group: &str) 
         .commit_offset(group, topic, 0, 0)
         .await
         .expect("commit for the row's group");
+    if matches!(
+        rpc,
+        Rpc::DeleteQueue
+            | Rpc::ListQueues
+            | Rpc::DescribeQueue
+            | Rpc::Receive
+            | Rpc::Settle
+            | Rpc::Work
+    ) {
+        admin
+            .create_queue(topic, group, QueueConfig::default(), None)
+            .await
+            .expect("create the row's queue");
+    }
 }
 
 /// After a refused call: nothing it would have changed has changed.
@@ -252,6 +349,21 @@ pub(super) async fn assert_no_effect(admin: &Client, rpc: Rpc, topic: &str, grou
             let offsets = admin.get_offsets(group, topic).await.expect(&what);
             assert_eq!(offsets[0].committed, Some(0), "{what}");
         }
+        Rpc::CreateQueue => {
+            let e = admin.describe_queue(topic, group).await;
+            assert_eq!(
+                e.err().and_then(|e| e.code()),
+                Some(Code::NotFound),
+                "{what}"
+            );
+        }
+        Rpc::DeleteQueue => {
+            admin.describe_queue(topic, group).await.expect(&what);
+        }
+        Rpc::Receive | Rpc::Work => {
+            let q = admin.describe_queue(topic, group).await.expect(&what);
+            assert_eq!(q.leased, 0, "{what}: a refused call leased nothing");
+        }
         _ => {}
     }
 }
@@ -262,20 +374,18 @@ enum Grant {
     All,
     /// Authenticated, but no rule names it.
     Nothing,
-    /// Every permission but one: this operation on topics or on groups.
+    /// Every permission but one: this operation on topics, groups or queues.
     AllBut(Operation, Kind),
 }
 
-/// A principal with every permission but one: `op` on topics or on groups.
+/// A principal with every permission but one: `op` on topics, groups or queues.
 fn lacking(op: Operation, kind: Kind) -> String {
-    format!(
-        "lacks-{op}-{}",
-        if kind == Kind::Topic {
-            "topic"
-        } else {
-            "group"
-        }
-    )
+    let kind = match kind {
+        Kind::Topic => "topic",
+        Kind::Group => "group",
+        Kind::Queue => "queue",
+    };
+    format!("lacks-{op}-{kind}")
 }
 
 fn ops_but(op: Operation) -> Vec<Operation> {
@@ -286,6 +396,7 @@ fn denial(principal: &str, op: Operation, kind: Kind, topic: &str, group: &str) 
     let resource = match kind {
         Kind::Topic => format!("topic:{topic}"),
         Kind::Group => format!("group:{group}"),
+        Kind::Queue => format!("queue:{group}"),
     };
     format!("principal {principal} may not {op} {resource}")
 }
@@ -300,7 +411,7 @@ async fn every_rpc_needs_exactly_its_permissions() {
     let pki = Pki::new();
     let mut lacking_principals = Vec::new();
     for op in ALL_OPS {
-        for kind in [Kind::Topic, Kind::Group] {
+        for kind in KINDS {
             lacking_principals.push((lacking(op, kind), op, kind));
         }
     }
@@ -315,12 +426,16 @@ async fn every_rpc_needs_exactly_its_permissions() {
         auth.acl.extend(superuser("full"));
         for (name, op, kind) in &lacking_principals {
             auth.tokens.push(token(name));
-            let (topic_ops, group_ops) = match kind {
-                Kind::Topic => (ops_but(*op), ALL_OPS.to_vec()),
-                Kind::Group => (ALL_OPS.to_vec(), ops_but(*op)),
+            let ops = |k: Kind| {
+                if k == *kind {
+                    ops_but(*op)
+                } else {
+                    ALL_OPS.to_vec()
+                }
             };
-            auth.acl.push(rule(name, "topic:*", &topic_ops));
-            auth.acl.push(rule(name, "group:*", &group_ops));
+            auth.acl.push(rule(name, "topic:*", &ops(Kind::Topic)));
+            auth.acl.push(rule(name, "group:*", &ops(Kind::Group)));
+            auth.acl.push(rule(name, "queue:*", &ops(Kind::Queue)));
             auth.acl.push(rule(name, "cluster", &ALL_OPS));
         }
         cfg.auth = auth;
@@ -368,6 +483,7 @@ async fn every_rpc_needs_exactly_its_permissions() {
                     let expect_listed = match rpc {
                         Rpc::ListTopics => Some((&topic, !hidden(Kind::Topic))),
                         Rpc::ListGroups => Some((&group, !hidden(Kind::Group))),
+                        Rpc::ListQueues => Some((&group, !hidden(Kind::Queue))),
                         _ => None,
                     };
                     if let Some((name, listed)) = expect_listed {
@@ -378,7 +494,7 @@ async fn every_rpc_needs_exactly_its_permissions() {
             cells += 1;
         }
     }
-    assert_eq!(cells, RPCS.len() * (2 + 2 * ALL_OPS.len()));
+    assert_eq!(cells, RPCS.len() * (2 + KINDS.len() * ALL_OPS.len()));
     broker.shutdown().await;
 }
 
