@@ -238,3 +238,102 @@ fn dead_letter(q: &Queue, p: u32, attempts: u32, reason: &str, record: StoredRec
         timestamp_ms: crate::now_ms(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use spool_proto::v1;
+    use spool_storage::{ProducerStamp, Record};
+
+    use super::*;
+    use crate::queue::tests::open;
+
+    /// A queue "q" on topic "t" with one record, which is leased and rejected (the intent
+    /// durable); returns what `sweep` would append as its dead letter.
+    fn rejected(dir: &std::path::Path) -> Record {
+        let (_s, registry, queues) = open(dir);
+        let settings = registry.settings_for(&Default::default()).unwrap();
+        let topic = registry.create("t", 1, settings).unwrap();
+        let record = Record {
+            value: "job".into(),
+            timestamp_ms: 7,
+            ..Record::default()
+        };
+        topic.partitions[0]
+            .log
+            .append(&[record], ProducerStamp::default())
+            .unwrap();
+        let req = v1::CreateQueueRequest {
+            topic: "t".into(),
+            queue: "q".into(),
+            ..Default::default()
+        };
+        let q = queues.create(&registry, &req).unwrap();
+        let leased = q.lease(&topic, 1, 60_000, "w", crate::now_ms()).unwrap();
+        queues.persist(&leased.events).unwrap();
+        let d = &leased.deliveries[0];
+        let reject = v1::Settlement {
+            partition: 0,
+            offset: 0,
+            lease_id: d.lease_id,
+            action: v1::SettleAction::Reject as i32,
+            reason: "bad".into(),
+            ..Default::default()
+        };
+        let (_, events) = q.settle(&[reject], crate::now_ms(), 0);
+        queues.persist(&events).unwrap();
+        let stored = read_one(&topic.partitions[0].log, 0).unwrap().unwrap();
+        let letter = dead_letter(&q, 0, 1, "bad", stored);
+        // Owned bytes: views of the mapped log would keep the storage (and its lock) open.
+        Record {
+            key: bytes::Bytes::copy_from_slice(&letter.key),
+            value: bytes::Bytes::copy_from_slice(&letter.value),
+            headers: letter
+                .headers
+                .iter()
+                .map(|h| Header {
+                    key: h.key.clone(),
+                    value: bytes::Bytes::copy_from_slice(&h.value),
+                })
+                .collect(),
+            timestamp_ms: letter.timestamp_ms,
+        }
+    }
+
+    fn letters(registry: &Registry) -> usize {
+        let log = &registry.get("t.q.dlq").unwrap().partitions[0].log;
+        (log.end_offset() - log.start_offset()) as usize
+    }
+
+    #[test]
+    fn an_intent_left_by_a_crash_is_dead_lettered_once_after_the_restart() {
+        for appended_before_the_crash in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let letter = rejected(dir.path());
+            if appended_before_the_crash {
+                // The crash came after the dead letter's append, before its settlement.
+                let (_s, registry, _q) = open(dir.path());
+                let log = &registry.get("t.q.dlq").unwrap().partitions[0].log;
+                log.append(&[letter], ProducerStamp::default()).unwrap();
+            }
+            let (storage, registry, queues) = open(dir.path());
+            sweep(&queues, &registry).unwrap();
+            sweep(&queues, &registry).unwrap();
+            assert_eq!(
+                letters(&registry),
+                1,
+                "appended before: {appended_before_the_crash}"
+            );
+            let q = queues.get("t", "q").unwrap();
+            let info = q.info(registry.get("t").ok().as_deref(), crate::now_ms());
+            assert_eq!(
+                (info.dead_lettered_total, info.partitions[0].ack_floor),
+                (1, 1)
+            );
+            drop((queues, registry, storage));
+            // And the settlement itself survives another restart.
+            let (_s, registry, queues) = open(dir.path());
+            sweep(&queues, &registry).unwrap();
+            assert_eq!(letters(&registry), 1);
+        }
+    }
+}

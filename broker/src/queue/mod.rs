@@ -306,12 +306,12 @@ fn new_id() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::BrokerConfig;
     use spool_storage::{ProducerStamp, Record, StorageConfig};
 
-    fn open(dir: &std::path::Path) -> (Arc<Storage>, Registry, Queues) {
+    pub(crate) fn open(dir: &std::path::Path) -> (Arc<Storage>, Registry, Queues) {
         let storage = Arc::new(Storage::open(dir, StorageConfig::default()).unwrap());
         let config = Arc::new(BrokerConfig {
             data_dir: dir.to_path_buf(),
