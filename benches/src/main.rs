@@ -5,6 +5,8 @@
 //! spool-bench scale [--topics N] [--partitions N] [--json]
 //! spool-bench fanout [--subscribers N] [--members N] [--rate N] [--duration SECS] [--json]
 //! spool-bench lowload [--rate N] [--duration SECS] [--fsync always|interval|never] [--json]
+//! spool-bench queue [--target spool|nats|redis] [--consumers N] [--partitions N]
+//!     [--count N] [--message-size BYTES] [--fsync always|interval|never] [--json]
 //! spool-bench produce|consume|e2e [--target spool|nats|redis] [--server URL]
 //!     [--producers N] [--consumers N] [--partitions N] [--message-size BYTES]
 //!     [--batch-size N] [--linger-ms N] [--fsync always|interval|never]
@@ -19,6 +21,7 @@
 //!   many group members at once.
 //! - `lowload`: see [`lowload`]: one durable unary append at a time beside the disk's own
 //!   `pwrite` + `fdatasync`.
+//! - `queue`: see [`queue`]: workers acking a pre-filled queue record by record.
 //! - `e2e`: consumers subscribed first; each payload carries its (intended) send time and
 //!   the latency is delivery time minus that.
 //! - `--rate` makes producers open-loop: message k of a producer is due at
@@ -39,6 +42,7 @@
 mod fanout;
 mod lowload;
 mod nats;
+mod queue;
 mod redis;
 mod report;
 mod scale;
@@ -64,6 +68,8 @@ enum ModeArg {
     Fanout,
     /// One durable unary append at a time at `--rate`, beside the disk's pwrite + fdatasync.
     Lowload,
+    /// `--consumers` workers drain `--count` pre-filled records, acking each one.
+    Queue,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -172,6 +178,36 @@ fn main() -> anyhow::Result<()> {
             let phases =
                 runtime.block_on(fanout::run(cli.subscribers, cli.members, rate, duration))?;
             print_all(cli.json, &phases, fanout::Phase::text, fanout::Phase::json);
+            return Ok(());
+        }
+        ModeArg::Queue => {
+            let shape = queue::Shape {
+                consumers: cli.consumers.max(1),
+                partitions: cli.partitions.max(1),
+                count: cli.count.unwrap_or(DEFAULT_COUNT),
+                size: cli.message_size,
+                fsync: cli.fsync,
+            };
+            let server = cli.server.as_deref();
+            let r = runtime.block_on(async {
+                match cli.target {
+                    TargetArg::Spool => queue::spool(server, &shape).await,
+                    TargetArg::Nats => {
+                        queue::nats(server.unwrap_or(nats::DEFAULT_SERVER), &shape).await
+                    }
+                    TargetArg::Redis => {
+                        queue::redis(server.unwrap_or(redis::DEFAULT_SERVER), &shape).await
+                    }
+                }
+            })?;
+            println!(
+                "{}",
+                if cli.json {
+                    r.json().to_string()
+                } else {
+                    r.text()
+                }
+            );
             return Ok(());
         }
         ModeArg::Lowload => {

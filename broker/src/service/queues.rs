@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use spool_proto::v1::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -266,7 +266,79 @@ pub async fn settle(
     req: SettleRequest,
 ) -> Result<SettleResponse> {
     let q = check_work(inner, who, &req.topic, &req.queue)?;
+    check_settlements(&q, &req.settlements)?;
     settle_on(inner, &q, req.settlements).await
+}
+
+/// A worker's message on a `Work` stream after its start: a settle request (`Ok(Some)`),
+/// the end of the stream (`Err(None)`), or a reason to end it (`Err(Some)`).
+fn classify(
+    msg: Option<Result<WorkRequest, Status>>,
+) -> Result<Option<SettleRequest>, Option<Error>> {
+    match msg {
+        None => Err(None),
+        Some(Err(status)) => {
+            tracing::debug!(%status, "work stream ended by the worker");
+            Err(None)
+        }
+        Some(Ok(WorkRequest {
+            kind: Some(work_request::Kind::Settle(s)),
+        })) => Ok(Some(s)),
+        Some(Ok(_)) => Err(Some(Error::invalid(
+            "a Work stream takes one WorkStart, then SettleRequests",
+        ))),
+    }
+}
+
+/// Applies a Work stream's settle requests as one durable batch and answers each, in
+/// order; updates the stream's held leases (`mine`).
+async fn settle_batch(
+    inner: &Arc<Inner>,
+    q: &Arc<Queue>,
+    batch: Vec<SettleRequest>,
+    mine: &mut std::collections::HashMap<(u32, u64, u64), i64>,
+) -> Result<Vec<SettleResponse>> {
+    let mut sizes = Vec::with_capacity(batch.len());
+    let mut all = Vec::new();
+    for settle in batch {
+        if (!settle.topic.is_empty() && settle.topic != q.topic)
+            || (!settle.queue.is_empty() && settle.queue != q.name)
+        {
+            return Err(Error::invalid(format!(
+                "this Work stream serves queue {:?} on topic {:?}: leave SettleRequest.topic and .queue empty, or use Settle",
+                q.name, q.topic
+            )));
+        }
+        check_settlements(q, &settle.settlements)?;
+        sizes.push(settle.settlements.len());
+        all.extend(settle.settlements);
+    }
+    let keys: Vec<((u32, u64, u64), bool)> = all
+        .iter()
+        .map(|s| {
+            (
+                (s.partition, s.offset, s.lease_id),
+                s.action == SettleAction::Extend as i32,
+            )
+        })
+        .collect();
+    let resp = settle_on(inner, q, all).await?;
+    for ((key, extend), outcome) in keys.iter().zip(&resp.outcomes) {
+        if *extend && outcome.result == SettleResult::Ok as i32 {
+            if let Some(e) = mine.get_mut(key) {
+                *e = outcome.lease_expires_ms;
+            }
+        } else {
+            mine.remove(key);
+        }
+    }
+    let mut outcomes = resp.outcomes.into_iter();
+    Ok(sizes
+        .into_iter()
+        .map(|n| SettleResponse {
+            outcomes: outcomes.by_ref().take(n).collect(),
+        })
+        .collect())
 }
 
 /// Runs a `Work` stream: a task reads the worker's messages (settle requests are answered
@@ -315,7 +387,12 @@ pub async fn work(
             let now = crate::now_ms();
             mine.retain(|_, expires| *expires > now);
             let room = outstanding_max.saturating_sub(mine.len());
-            if room > 0 && tx.capacity() > 0 {
+            // Lease in batches (each look is an fsync): when an eighth of the credit is
+            // free, or nothing is held.
+            if room > 0
+                && (mine.is_empty() || room >= (outstanding_max / 8).max(1))
+                && tx.capacity() > 0
+            {
                 match lease_once(&inner, &q, room.min(tx.capacity()), lease, &start.consumer).await
                 {
                     Ok(leased) => {
@@ -362,51 +439,51 @@ pub async fn work(
             };
             tokio::select! {
                 msg = requests.next(), if tx.capacity() > 0 => {
-                    let settle = match msg {
-                        None => return,
-                        Some(Err(status)) => {
-                            tracing::debug!(%status, "work stream ended by the worker");
-                            return;
+                    // This request and any already waiting share one fsync.
+                    let mut batch = Vec::new();
+                    let mut stop = None;
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take() {
+                        match classify(msg) {
+                            Ok(Some(s)) => batch.push(s),
+                            Ok(None) => {}
+                            Err(e) => {
+                                stop = Some(e);
+                                break;
+                            }
                         }
-                        Some(Ok(WorkRequest { kind: Some(work_request::Kind::Settle(s)) })) => s,
-                        Some(Ok(_)) => {
-                            let e = Error::invalid("a Work stream takes one WorkStart, then SettleRequests");
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
+                        let settlements: usize = batch.iter().map(|s| s.settlements.len()).sum();
+                        if settlements < MAX_SETTLEMENTS {
+                            next = requests.next().now_or_never();
                         }
-                    };
-                    if (!settle.topic.is_empty() && settle.topic != q.topic)
-                        || (!settle.queue.is_empty() && settle.queue != q.name)
-                    {
-                        let e = Error::invalid(format!(
-                            "this Work stream serves queue {:?} on topic {:?}: leave SettleRequest.topic and .queue empty, or use Settle",
-                            q.name, q.topic
-                        ));
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
                     }
-                    let keys: Vec<(u32, u64, u64)> = settle.settlements.iter().map(|s| (s.partition, s.offset, s.lease_id)).collect();
-                    let extends: Vec<bool> = settle.settlements.iter().map(|s| s.action == SettleAction::Extend as i32).collect();
-                    match settle_on(&inner, &q, settle.settlements).await {
-                        Ok(resp) => {
-                            for ((key, extend), outcome) in keys.iter().zip(&extends).zip(&resp.outcomes) {
-                                if *extend && outcome.result == SettleResult::Ok as i32 {
-                                    if let Some(e) = mine.get_mut(key) {
-                                        *e = outcome.lease_expires_ms;
+                    if !batch.is_empty() {
+                        match settle_batch(&inner, &q, batch, &mut mine).await {
+                            Ok(answers) => {
+                                for resp in answers {
+                                    let msg = WorkResponse { kind: Some(work_response::Kind::Settled(resp)) };
+                                    if tx.send(Ok(msg)).await.is_err() {
+                                        return;
                                     }
-                                } else {
-                                    mine.remove(key);
                                 }
                             }
-                            let msg = WorkResponse { kind: Some(work_response::Kind::Settled(resp)) };
-                            if tx.send(Ok(msg)).await.is_err() {
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into())).await;
                                 return;
                             }
                         }
-                        Err(e) => {
+                    }
+                    if let Some(e) = stop {
+                        if let Some(e) = e {
                             let _ = tx.send(Err(e.into())).await;
-                            return;
                         }
+                        return;
+                    }
+                }
+                // Room again in the answer channel: read the worker's requests again.
+                permit = tx.reserve(), if tx.capacity() == 0 => {
+                    if permit.is_err() {
+                        return;
                     }
                 }
                 () = records => {}

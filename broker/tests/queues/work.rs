@@ -92,3 +92,67 @@ async fn next(stream: &mut tonic::Streaming<WorkResponse>) -> work_response::Kin
         .kind
         .expect("a message")
 }
+
+/// A worker holding more leases than the stream buffers answers (64) keeps being read: its
+/// acks are answered and new deliveries follow. (The stream once stopped reading the
+/// worker's requests while its answer buffer was full, until a timer a lease long.)
+#[tokio::test]
+async fn a_worker_with_more_credit_than_the_answer_buffer_drains_the_queue() {
+    let b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
+    for chunk in 0..4 {
+        append(&mut c, "jobs", 0, recs("r", chunk * 100..(chunk + 1) * 100)).await;
+    }
+    // Leases of 12 hours: a stall would last a minute (the longest wait of the stream).
+    create_queue(&mut c, "jobs", "q", fast(43_200_000, 5)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(512);
+    tx.send(WorkRequest {
+        kind: Some(work_request::Kind::Start(WorkStart {
+            topic: "jobs".into(),
+            queue: "q".into(),
+            consumer: "w".into(),
+            max_outstanding: 1_000,
+            lease_ms: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = within(
+        "Work",
+        c.work(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let mut acked = 0;
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while acked < 400 {
+            match next(&mut stream).await {
+                work_response::Kind::Delivery(d) => {
+                    let settle = SettleRequest {
+                        topic: String::new(),
+                        queue: String::new(),
+                        settlements: vec![settlement(&d, SettleAction::Ack, None)],
+                    };
+                    tx.send(WorkRequest {
+                        kind: Some(work_request::Kind::Settle(settle)),
+                    })
+                    .await
+                    .unwrap();
+                }
+                work_response::Kind::Settled(s) => {
+                    acked += s
+                        .outcomes
+                        .iter()
+                        .filter(|o| o.result == SettleResult::Ok as i32)
+                        .count();
+                }
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "stalled after {acked} acks");
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!((q.acked_total, q.partitions[0].ack_floor), (400, 400));
+}
