@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::QueueConfig;
 use super::state::{AfterLease, LeaseCheck, Partition, State, after_lease};
-use super::store::{Counters, Event, SnapEntry, StartSpec};
+use super::store::{Counters, Event, Grant, SnapEntry, StartSpec};
 use crate::error::Result;
 use crate::registry::Topic;
 use crate::service::convert;
@@ -49,15 +49,75 @@ pub(super) struct QueueState {
     next_partition: usize,
 }
 
+/// How much one look for records may lease: `records` at most, and no more records once
+/// their keys and values reach `bytes` (one record is leased whatever its size), so an
+/// answer fits a client's message limit and a stream's buffer stays bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl Limit {
+    /// Up to `n` records, whatever their size.
+    pub fn records(n: usize) -> Limit {
+        Limit {
+            records: n,
+            bytes: usize::MAX,
+        }
+    }
+}
+
 /// What one look for records found.
 pub struct Leased {
     pub deliveries: Vec<v1::Delivery>,
+    /// The deliveries' key and value bytes.
+    pub bytes: usize,
     pub events: Vec<Event>,
     /// When the earliest record not available now becomes so (a retry, a delivery time,
     /// a running lease's end), if any.
     pub next_due_ms: Option<i64>,
     /// Some lease ran out on its last attempt: the dead-letter task has work.
     pub dead_letters_due: bool,
+}
+
+impl QueueState {
+    fn replay_lease(&mut self, p: u32, Grant(o, attempt, key): Grant, expires_ms: i64, lease_ms: u32) {
+        let Some(part) = self.partitions.get_mut(p as usize) else {
+            return;
+        };
+        let before = part.entry(o).map_or(0, |e| e.attempt);
+        part.restore(
+            o,
+            super::state::Entry {
+                attempt,
+                state: State::Leased {
+                    expires_ms,
+                    lease_ms,
+                    consumer: Arc::from(""),
+                },
+                key,
+            },
+        );
+        part.scanned_to(o + 1);
+        if attempt > 1 && attempt > before {
+            self.redelivered_total += 1;
+        }
+    }
+
+    fn replay_ack(&mut self, p: u32, o: u64) {
+        if let Some(part) = self.partitions.get_mut(p as usize)
+            && part.settle(o)
+        {
+            self.acked_total += 1;
+        }
+    }
+}
+
+impl Leased {
+    fn full(&self, limit: Limit) -> bool {
+        self.deliveries.len() >= limit.records || self.bytes >= limit.bytes
+    }
 }
 
 /// Why a queue cannot deliver right now, if it cannot.
@@ -137,17 +197,18 @@ impl Queue {
             .then(|| spool_proto::partitioning::fnv1a64(key))
     }
 
-    /// Leases up to `max` available records (blocking: reads the topic's logs).
+    /// Leases available records, up to `limit` (blocking: reads the topic's logs).
     pub fn lease(
         &self,
         topic: &Topic,
-        max: usize,
+        limit: Limit,
         lease_ms: u32,
         consumer: &str,
         now: i64,
     ) -> Result<Leased> {
         let mut out = Leased {
             deliveries: Vec::new(),
+            bytes: 0,
             events: Vec::new(),
             next_due_ms: None,
             dead_letters_due: false,
@@ -159,7 +220,7 @@ impl Queue {
         let first = st.next_partition % n.max(1);
         st.next_partition = st.next_partition.wrapping_add(1);
         for i in 0..n {
-            if out.deliveries.len() >= max {
+            if out.full(limit) {
                 break;
             }
             let p = (first + i) % n;
@@ -168,7 +229,7 @@ impl Queue {
             st.retention_dropped_total += part.drop_below(log.start_offset());
             let due = self.due(part, now, &mut out);
             for o in due {
-                if out.deliveries.len() >= max || part.leased() >= self.config.max_leased as usize {
+                if out.full(limit) || part.leased() >= self.config.max_leased as usize {
                     break;
                 }
                 let Some(record) = read_one(log, o)? else {
@@ -194,7 +255,7 @@ impl Queue {
                 p as u32,
                 part,
                 log,
-                max,
+                limit,
                 (lease_ms, &consumer),
                 now,
                 &mut out,
@@ -253,13 +314,13 @@ impl Queue {
         partition: u32,
         part: &mut Partition,
         log: &spool_storage::Log,
-        max: usize,
+        limit: Limit,
         (lease_ms, consumer): (u32, &Arc<str>),
         now: i64,
         out: &mut Leased,
     ) -> Result<()> {
         let max_leased = self.config.max_leased as usize;
-        'scan: while out.deliveries.len() < max
+        'scan: while !out.full(limit)
             && part.leased() < max_leased
             && part.tracked() < 2 * max_leased
             && part.scan() < log.end_offset()
@@ -273,7 +334,7 @@ impl Queue {
                 break;
             }
             for r in records {
-                if out.deliveries.len() >= max
+                if out.full(limit)
                     || part.leased() >= max_leased
                     || part.tracked() >= 2 * max_leased
                 {
@@ -349,6 +410,7 @@ impl Queue {
             lease_ms,
             key: self.order_key(&record.key),
         });
+        out.bytes += record.key.len() + record.value.len();
         out.deliveries.push(v1::Delivery {
             record: Some(record),
             partition,
@@ -486,32 +548,22 @@ impl Queue {
                 lease_ms,
                 key,
                 ..
+            } => st.replay_lease(*p, Grant(*o, *attempt, *key), *expires_ms, *lease_ms),
+            Event::Leases {
+                p,
+                expires_ms,
+                lease_ms,
+                grants,
+                ..
             } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize) {
-                    let before = part.entry(*o).map_or(0, |e| e.attempt);
-                    part.restore(
-                        *o,
-                        super::state::Entry {
-                            attempt: *attempt,
-                            state: State::Leased {
-                                expires_ms: *expires_ms,
-                                lease_ms: *lease_ms,
-                                consumer: Arc::from(""),
-                            },
-                            key: *key,
-                        },
-                    );
-                    part.scanned_to(*o + 1);
-                    if *attempt > 1 && *attempt > before {
-                        st.redelivered_total += 1;
-                    }
+                for g in grants {
+                    st.replay_lease(*p, *g, *expires_ms, *lease_ms);
                 }
             }
-            Event::Ack { p, o, .. } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize)
-                    && part.settle(*o)
-                {
-                    st.acked_total += 1;
+            Event::Ack { p, o, .. } => st.replay_ack(*p, *o),
+            Event::Acks { p, o, .. } => {
+                for o in o {
+                    st.replay_ack(*p, *o);
                 }
             }
             Event::Nack { p, o, at_ms, .. } => {

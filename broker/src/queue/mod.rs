@@ -309,6 +309,7 @@ fn new_id() -> u64 {
 pub(crate) mod tests {
     use super::*;
     use crate::config::BrokerConfig;
+    use crate::queue::leasing::Limit;
     use spool_storage::{ProducerStamp, Record, StorageConfig};
 
     pub(crate) fn open(dir: &std::path::Path) -> (Arc<Storage>, Registry, Queues) {
@@ -369,7 +370,7 @@ pub(crate) mod tests {
             let mut now = 1_000_000;
             let mut removed = 0;
             for round in 0..60 {
-                let leased = q.lease(&topic, 10_000, 1_000, "w", now).unwrap();
+                let leased = q.lease(&topic, Limit::records(10_000), 1_000, "w", now).unwrap();
                 queues.persist(&leased.events).unwrap();
                 let settlements: Vec<v1::Settlement> = leased
                     .deliveries

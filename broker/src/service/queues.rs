@@ -3,6 +3,7 @@
 //! on the blocking pool (they read logs and append to the queue log), and nothing answers
 //! before the events of its change are durable.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use super::Inner;
 use crate::auth::{Operation as Op, Principal, Resource};
 use crate::error::{Error, Result};
 use crate::queue::config::lease_ms;
-use crate::queue::leasing::{Leased, Queue};
+use crate::queue::leasing::{Leased, Limit, Queue};
 use crate::registry::validate_name;
 
 const DEFAULT_MAX_RECORDS: u32 = 100;
@@ -25,6 +26,14 @@ const MAX_WAIT_MS: u32 = 30_000;
 const MAX_SETTLEMENTS: usize = 10_000;
 const DEFAULT_OUTSTANDING: u32 = 100;
 const MAX_OUTSTANDING: u32 = 10_000;
+/// The key and value bytes one `Receive` answers with at most (past one record): under
+/// the 4 MiB message limit gRPC clients apply by default.
+const RECEIVE_BYTES: usize = 3 << 20;
+/// The key and value bytes a `Work` stream leases at once at most (past one record); it
+/// holds them until they are sent, and leases again once all are.
+const WORK_LEASE_BYTES: usize = 4 << 20;
+/// A `Work` stream's answers in flight to tonic's writer.
+const WORK_ANSWERS: usize = 64;
 
 fn names(topic: &str, queue: &str) -> Result<()> {
     validate_name("topic", topic)?;
@@ -118,14 +127,14 @@ fn check_work(inner: &Inner, who: &Principal, topic: &str, queue: &str) -> Resul
 async fn lease_once(
     inner: &Arc<Inner>,
     q: &Arc<Queue>,
-    max: usize,
+    limit: Limit,
     lease: u32,
     consumer: &str,
 ) -> Result<Leased> {
     let topic = inner.registry.get(&q.topic)?;
     let (i, q2, consumer) = (Arc::clone(inner), Arc::clone(q), consumer.to_string());
     tokio::task::spawn_blocking(move || -> Result<Leased> {
-        let leased = q2.lease(&topic, max, lease, &consumer, crate::now_ms())?;
+        let leased = q2.lease(&topic, limit, lease, &consumer, crate::now_ms())?;
         if leased.dead_letters_due {
             i.queues.dead_letters.notify_one();
         }
@@ -176,15 +185,18 @@ pub async fn receive(
     req: ReceiveRequest,
 ) -> Result<ReceiveResponse> {
     let q = check_work(inner, who, &req.topic, &req.queue)?;
-    let max = match req.max_records {
-        0 => DEFAULT_MAX_RECORDS,
-        n => n.min(MAX_RECORDS),
-    } as usize;
+    let limit = Limit {
+        records: match req.max_records {
+            0 => DEFAULT_MAX_RECORDS,
+            n => n.min(MAX_RECORDS),
+        } as usize,
+        bytes: RECEIVE_BYTES,
+    };
     let lease = lease_ms(req.lease_ms, q.config.lease_ms);
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(u64::from(req.wait_ms.min(MAX_WAIT_MS)));
     loop {
-        let leased = lease_once(inner, &q, max, lease, &req.consumer).await?;
+        let leased = lease_once(inner, &q, limit, lease, &req.consumer).await?;
         if !leased.deliveries.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(ReceiveResponse {
                 deliveries: leased.deliveries,
@@ -192,7 +204,7 @@ pub async fn receive(
         }
         if !wait_for_records(inner, &q, leased.next_due_ms, deadline).await? {
             // One last look at the deadline: a record may have arrived with it.
-            let last = lease_once(inner, &q, max, lease, &req.consumer).await?;
+            let last = lease_once(inner, &q, limit, lease, &req.consumer).await?;
             return Ok(ReceiveResponse {
                 deliveries: last.deliveries,
             });
@@ -366,35 +378,30 @@ pub async fn work(
         n => n.min(MAX_OUTSTANDING),
     } as usize;
     let lease = lease_ms(start.lease_ms, q.config.lease_ms);
-    let (tx, rx) = mpsc::channel::<Result<WorkResponse, Status>>(64);
+    let (tx, rx) = mpsc::channel::<Result<WorkResponse, Status>>(WORK_ANSWERS);
     tokio::spawn(async move {
         // (partition, offset, lease id) → lease end, of this stream's unsettled leases.
         let mut mine: std::collections::HashMap<(u32, u64, u64), i64> = Default::default();
+        // Leased deliveries not yet handed to the answer channel (one lease's worth at
+        // most: the stream leases again only once all are handed over).
+        let mut pending: VecDeque<WorkResponse> = VecDeque::new();
         let mut due: Option<i64> = None;
         loop {
-            if tx.capacity() == 0 {
-                // The worker reads nothing: neither lease nor read its requests until it does.
-                tokio::select! {
-                    permit = tx.reserve() => {
-                        if permit.is_err() {
-                            return;
-                        }
-                    }
-                    () = q.deleted.cancelled() => {}
-                    () = inner.shutdown.cancelled() => return,
-                }
-            }
             let now = crate::now_ms();
             mine.retain(|_, expires| *expires > now);
             let room = outstanding_max.saturating_sub(mine.len());
             // Lease in batches (each look is an fsync): when an eighth of the credit is
             // free, or nothing is held.
             if room > 0
+                && pending.is_empty()
                 && (mine.is_empty() || room >= (outstanding_max / 8).max(1))
                 && tx.capacity() > 0
             {
-                match lease_once(&inner, &q, room.min(tx.capacity()), lease, &start.consumer).await
-                {
+                let limit = Limit {
+                    records: room,
+                    bytes: WORK_LEASE_BYTES,
+                };
+                match lease_once(&inner, &q, limit, lease, &start.consumer).await {
                     Ok(leased) => {
                         due = leased.next_due_ms;
                         for d in leased.deliveries {
@@ -406,11 +413,19 @@ pub async fn work(
                                 ),
                                 d.lease_expires_ms,
                             );
-                            let msg = WorkResponse {
+                            pending.push_back(WorkResponse {
                                 kind: Some(work_response::Kind::Delivery(d)),
-                            };
-                            if tx.send(Ok(msg)).await.is_err() {
-                                return;
+                            });
+                        }
+                        // Hand over what fits now; the rest as the channel drains.
+                        while let Some(msg) = pending.pop_front() {
+                            match tx.try_reserve() {
+                                Ok(permit) => permit.send(Ok(msg)),
+                                Err(mpsc::error::TrySendError::Full(())) => {
+                                    pending.push_front(msg);
+                                    break;
+                                }
+                                Err(mpsc::error::TrySendError::Closed(())) => return,
                             }
                         }
                     }
@@ -431,7 +446,7 @@ pub async fn work(
                     wake.map_or(60_000, |w| (w - crate::now_ms()).clamp(0, 60_000) as u64),
                 );
             let records = async {
-                if mine.len() < outstanding_max {
+                if mine.len() < outstanding_max && pending.is_empty() {
                     let _ = wait_for_records(&inner, &q, None, until).await;
                 } else {
                     std::future::pending::<()>().await;
@@ -480,10 +495,16 @@ pub async fn work(
                         return;
                     }
                 }
-                // Room again in the answer channel: read the worker's requests again.
-                permit = tx.reserve(), if tx.capacity() == 0 => {
-                    if permit.is_err() {
-                        return;
+                // Room again in the answer channel: hand over pending deliveries, and read
+                // the worker's requests again.
+                permit = tx.reserve(), if tx.capacity() == 0 || !pending.is_empty() => {
+                    let Ok(permit) = permit else { return };
+                    if let Some(msg) = pending.pop_front() {
+                        permit.send(Ok(msg));
+                        while !pending.is_empty() {
+                            let Ok(permit) = tx.try_reserve() else { break };
+                            permit.send(Ok(pending.pop_front().expect("not empty")));
+                        }
                     }
                 }
                 () = records => {}

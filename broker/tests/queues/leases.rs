@@ -317,3 +317,36 @@ async fn key_ordering_leases_one_record_per_key_in_order_even_under_redelivery()
     let q = describe_queue(&mut c, "jobs", "q").await;
     assert_eq!((q.blocked_keys, q.partitions[0].ack_floor), (0, 7));
 }
+
+#[tokio::test]
+async fn a_receive_of_large_records_fits_the_default_4_mib_message_limit_of_a_stub() {
+    let b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "big", 1, FsyncPolicy::Always).await;
+    let value = vec![b'x'; 900 * 1024];
+    for _ in 0..8 {
+        append(&mut c, "big", 0, vec![rec(value.clone())]).await;
+    }
+    create_queue(&mut c, "big", "q", fast(60_000, 5)).await;
+    // A stub as generated, with gRPC's default 4 MiB limit on what it receives.
+    let mut stub = spool_proto::v1::broker_client::BrokerClient::connect(format!(
+        "http://{}",
+        b.addr
+    ))
+    .await
+    .expect("connect");
+    let first = receive(&mut stub, "big", "q", 100, 1_000).await;
+    let bytes: usize = first
+        .iter()
+        .map(|d| d.record.as_ref().unwrap().value.len())
+        .sum();
+    assert!(
+        !first.is_empty() && first.len() < 8 && bytes < 4 << 20,
+        "{} deliveries of {bytes} bytes",
+        first.len()
+    );
+    let rest = receive_n(&mut stub, "big", "q", 8 - first.len()).await;
+    let mut offsets: Vec<u64> = first.iter().chain(&rest).map(offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..8).collect::<Vec<u64>>());
+}
