@@ -4,7 +4,7 @@
 //! first fetch to the last ack:
 //!
 //! - Spool: a topic of `--partitions` partitions and a queue over it, every worker on a
-//!   `Work` stream (up to 1,000 leases outstanding), one `SettleRequest` per ack; queue
+//!   `Work` stream of its own connection (up to 1,000 leases outstanding), one `SettleRequest` per ack; queue
 //!   state durable (each lease and ack fsync'd before it is answered, group-committed).
 //! - NATS JetStream: a work-queue file stream, one durable pull consumer with explicit acks
 //!   shared by the workers, `ack()` per message (nats-server 2.9 syncs its store on a
@@ -137,7 +137,10 @@ pub async fn spool(server: Option<&str>, shape: &Shape) -> anyhow::Result<QueueR
     let began = Instant::now();
     let mut workers = Vec::new();
     for w in 0..shape.consumers {
-        let (client, topic, progress) = (client.clone(), topic.clone(), Arc::clone(&progress));
+        // A connection per worker, as separate worker processes have (and as the Redis
+        // workers below).
+        let client = Client::connect(endpoint.as_str()).await?;
+        let (topic, progress) = (topic.clone(), Arc::clone(&progress));
         workers.push(tokio::spawn(async move {
             spool_worker(client, topic, w, progress).await
         }));

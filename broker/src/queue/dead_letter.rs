@@ -245,8 +245,8 @@ mod tests {
     use spool_storage::{ProducerStamp, Record};
 
     use super::*;
-    use crate::queue::tests::open;
     use crate::queue::leasing::Limit;
+    use crate::queue::tests::open;
 
     /// A queue "q" on topic "t" with one record, which is leased and rejected (the intent
     /// durable); returns what `sweep` would append as its dead letter.
@@ -269,7 +269,9 @@ mod tests {
             ..Default::default()
         };
         let q = queues.create(&registry, &req).unwrap();
-        let leased = q.lease(&topic, Limit::records(1), 60_000, "w", crate::now_ms()).unwrap();
+        let leased = q
+            .lease(&topic, Limit::records(1), 60_000, "w", crate::now_ms())
+            .unwrap();
         queues.persist(&leased.events).unwrap();
         let d = &leased.deliveries[0];
         let reject = v1::Settlement {

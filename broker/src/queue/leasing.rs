@@ -82,7 +82,13 @@ pub struct Leased {
 }
 
 impl QueueState {
-    fn replay_lease(&mut self, p: u32, Grant(o, attempt, key): Grant, expires_ms: i64, lease_ms: u32) {
+    fn replay_lease(
+        &mut self,
+        p: u32,
+        Grant(o, attempt, key): Grant,
+        expires_ms: i64,
+        lease_ms: u32,
+    ) {
         let Some(part) = self.partitions.get_mut(p as usize) else {
             return;
         };

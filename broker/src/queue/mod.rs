@@ -370,7 +370,9 @@ pub(crate) mod tests {
             let mut now = 1_000_000;
             let mut removed = 0;
             for round in 0..60 {
-                let leased = q.lease(&topic, Limit::records(10_000), 1_000, "w", now).unwrap();
+                let leased = q
+                    .lease(&topic, Limit::records(10_000), 1_000, "w", now)
+                    .unwrap();
                 queues.persist(&leased.events).unwrap();
                 let settlements: Vec<v1::Settlement> = leased
                     .deliveries

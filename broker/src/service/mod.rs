@@ -10,6 +10,7 @@ mod queues;
 mod read;
 pub mod status;
 mod topics;
+mod work;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -335,7 +336,7 @@ impl Broker for BrokerService {
         req: Request<Streaming<WorkRequest>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
         let who = principal_of(&req);
-        let stream = queues::work(Arc::clone(&self.inner), who, req.into_inner()).await?;
+        let stream = work::work(Arc::clone(&self.inner), who, req.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -3,15 +3,10 @@
 //! on the blocking pool (they read logs and append to the queue log), and nothing answers
 //! before the events of its change are durable.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
 use spool_proto::v1::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
 
 use super::Inner;
 use crate::auth::{Operation as Op, Principal, Resource};
@@ -23,17 +18,10 @@ use crate::registry::validate_name;
 const DEFAULT_MAX_RECORDS: u32 = 100;
 const MAX_RECORDS: u32 = 10_000;
 const MAX_WAIT_MS: u32 = 30_000;
-const MAX_SETTLEMENTS: usize = 10_000;
-const DEFAULT_OUTSTANDING: u32 = 100;
-const MAX_OUTSTANDING: u32 = 10_000;
+pub(super) const MAX_SETTLEMENTS: usize = 10_000;
 /// The key and value bytes one `Receive` answers with at most (past one record): under
 /// the 4 MiB message limit gRPC clients apply by default.
 const RECEIVE_BYTES: usize = 3 << 20;
-/// The key and value bytes a `Work` stream leases at once at most (past one record); it
-/// holds them until they are sent, and leases again once all are.
-const WORK_LEASE_BYTES: usize = 4 << 20;
-/// A `Work` stream's answers in flight to tonic's writer.
-const WORK_ANSWERS: usize = 64;
 
 fn names(topic: &str, queue: &str) -> Result<()> {
     validate_name("topic", topic)?;
@@ -116,7 +104,12 @@ fn info(inner: &Inner, q: &Queue) -> QueueInfo {
 }
 
 /// Receive and Work take records: `read` on the topic and `commit` on the queue.
-fn check_work(inner: &Inner, who: &Principal, topic: &str, queue: &str) -> Result<Arc<Queue>> {
+pub(super) fn check_work(
+    inner: &Inner,
+    who: &Principal,
+    topic: &str,
+    queue: &str,
+) -> Result<Arc<Queue>> {
     names(topic, queue)?;
     inner.auth.check(who, Op::Read, Resource::Topic(topic))?;
     inner.auth.check(who, Op::Commit, Resource::Queue(queue))?;
@@ -124,7 +117,7 @@ fn check_work(inner: &Inner, who: &Principal, topic: &str, queue: &str) -> Resul
 }
 
 /// One look for records, durable before it returns.
-async fn lease_once(
+pub(super) async fn lease_once(
     inner: &Arc<Inner>,
     q: &Arc<Queue>,
     limit: Limit,
@@ -146,7 +139,7 @@ async fn lease_once(
 
 /// Waits until records may have become available for `q`: an append to its topic, a
 /// settlement, `due_ms`, or `deadline`; false once the deadline passed or the queue is gone.
-async fn wait_for_records(
+pub(super) async fn wait_for_records(
     inner: &Inner,
     q: &Queue,
     due_ms: Option<i64>,
@@ -213,7 +206,7 @@ pub async fn receive(
 }
 
 /// Checks a whole settle request before anything is applied.
-fn check_settlements(q: &Queue, settlements: &[Settlement]) -> Result<()> {
+pub(super) fn check_settlements(q: &Queue, settlements: &[Settlement]) -> Result<()> {
     if settlements.len() > MAX_SETTLEMENTS {
         return Err(Error::invalid(format!(
             "{} settlements in one request; send at most {MAX_SETTLEMENTS}",
@@ -242,7 +235,7 @@ fn check_settlements(q: &Queue, settlements: &[Settlement]) -> Result<()> {
 }
 
 /// Applies settlements and returns once they are durable.
-async fn settle_on(
+pub(super) async fn settle_on(
     inner: &Arc<Inner>,
     q: &Arc<Queue>,
     settlements: Vec<Settlement>,
@@ -280,246 +273,4 @@ pub async fn settle(
     let q = check_work(inner, who, &req.topic, &req.queue)?;
     check_settlements(&q, &req.settlements)?;
     settle_on(inner, &q, req.settlements).await
-}
-
-/// A worker's message on a `Work` stream after its start: a settle request (`Ok(Some)`),
-/// the end of the stream (`Err(None)`), or a reason to end it (`Err(Some)`).
-fn classify(
-    msg: Option<Result<WorkRequest, Status>>,
-) -> Result<Option<SettleRequest>, Option<Error>> {
-    match msg {
-        None => Err(None),
-        Some(Err(status)) => {
-            tracing::debug!(%status, "work stream ended by the worker");
-            Err(None)
-        }
-        Some(Ok(WorkRequest {
-            kind: Some(work_request::Kind::Settle(s)),
-        })) => Ok(Some(s)),
-        Some(Ok(_)) => Err(Some(Error::invalid(
-            "a Work stream takes one WorkStart, then SettleRequests",
-        ))),
-    }
-}
-
-/// Applies a Work stream's settle requests as one durable batch and answers each, in
-/// order; updates the stream's held leases (`mine`).
-async fn settle_batch(
-    inner: &Arc<Inner>,
-    q: &Arc<Queue>,
-    batch: Vec<SettleRequest>,
-    mine: &mut std::collections::HashMap<(u32, u64, u64), i64>,
-) -> Result<Vec<SettleResponse>> {
-    let mut sizes = Vec::with_capacity(batch.len());
-    let mut all = Vec::new();
-    for settle in batch {
-        if (!settle.topic.is_empty() && settle.topic != q.topic)
-            || (!settle.queue.is_empty() && settle.queue != q.name)
-        {
-            return Err(Error::invalid(format!(
-                "this Work stream serves queue {:?} on topic {:?}: leave SettleRequest.topic and .queue empty, or use Settle",
-                q.name, q.topic
-            )));
-        }
-        check_settlements(q, &settle.settlements)?;
-        sizes.push(settle.settlements.len());
-        all.extend(settle.settlements);
-    }
-    let keys: Vec<((u32, u64, u64), bool)> = all
-        .iter()
-        .map(|s| {
-            (
-                (s.partition, s.offset, s.lease_id),
-                s.action == SettleAction::Extend as i32,
-            )
-        })
-        .collect();
-    let resp = settle_on(inner, q, all).await?;
-    for ((key, extend), outcome) in keys.iter().zip(&resp.outcomes) {
-        if *extend && outcome.result == SettleResult::Ok as i32 {
-            if let Some(e) = mine.get_mut(key) {
-                *e = outcome.lease_expires_ms;
-            }
-        } else {
-            mine.remove(key);
-        }
-    }
-    let mut outcomes = resp.outcomes.into_iter();
-    Ok(sizes
-        .into_iter()
-        .map(|n| SettleResponse {
-            outcomes: outcomes.by_ref().take(n).collect(),
-        })
-        .collect())
-}
-
-/// Runs a `Work` stream: a task reads the worker's messages (settle requests are answered
-/// in order), and pushes deliveries while the stream holds fewer than `max_outstanding`
-/// unsettled leases. The answer channel is bounded; the worker's requests are read only
-/// while there is room in it, so a worker that reads nothing stops being read.
-pub async fn work(
-    inner: Arc<Inner>,
-    who: Principal,
-    mut requests: Streaming<WorkRequest>,
-) -> Result<impl Stream<Item = Result<WorkResponse, Status>>> {
-    let first = requests
-        .next()
-        .await
-        .ok_or_else(|| Error::invalid("the Work stream ended before its WorkStart"))?
-        .map_err(|s| Error::invalid(format!("reading WorkStart: {}", s.message())))?;
-    let Some(work_request::Kind::Start(start)) = first.kind else {
-        return Err(Error::invalid(
-            "the first message of a Work stream must be a WorkStart",
-        ));
-    };
-    let q = check_work(&inner, &who, &start.topic, &start.queue)?;
-    let outstanding_max = match start.max_outstanding {
-        0 => DEFAULT_OUTSTANDING,
-        n => n.min(MAX_OUTSTANDING),
-    } as usize;
-    let lease = lease_ms(start.lease_ms, q.config.lease_ms);
-    let (tx, rx) = mpsc::channel::<Result<WorkResponse, Status>>(WORK_ANSWERS);
-    tokio::spawn(async move {
-        // (partition, offset, lease id) → lease end, of this stream's unsettled leases.
-        let mut mine: std::collections::HashMap<(u32, u64, u64), i64> = Default::default();
-        // Leased deliveries not yet handed to the answer channel (one lease's worth at
-        // most: the stream leases again only once all are handed over).
-        let mut pending: VecDeque<WorkResponse> = VecDeque::new();
-        let mut due: Option<i64> = None;
-        loop {
-            let now = crate::now_ms();
-            mine.retain(|_, expires| *expires > now);
-            let room = outstanding_max.saturating_sub(mine.len());
-            // Lease in batches (each look is an fsync): when an eighth of the credit is
-            // free, or nothing is held.
-            if room > 0
-                && pending.is_empty()
-                && (mine.is_empty() || room >= (outstanding_max / 8).max(1))
-                && tx.capacity() > 0
-            {
-                let limit = Limit {
-                    records: room,
-                    bytes: WORK_LEASE_BYTES,
-                };
-                match lease_once(&inner, &q, limit, lease, &start.consumer).await {
-                    Ok(leased) => {
-                        due = leased.next_due_ms;
-                        for d in leased.deliveries {
-                            mine.insert(
-                                (
-                                    d.partition,
-                                    d.record.as_ref().map_or(0, |r| r.offset),
-                                    d.lease_id,
-                                ),
-                                d.lease_expires_ms,
-                            );
-                            pending.push_back(WorkResponse {
-                                kind: Some(work_response::Kind::Delivery(d)),
-                            });
-                        }
-                        // Hand over what fits now; the rest as the channel drains.
-                        while let Some(msg) = pending.pop_front() {
-                            match tx.try_reserve() {
-                                Ok(permit) => permit.send(Ok(msg)),
-                                Err(mpsc::error::TrySendError::Full(())) => {
-                                    pending.push_front(msg);
-                                    break;
-                                }
-                                Err(mpsc::error::TrySendError::Closed(())) => return,
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-            }
-            // The earliest of this stream's leases to end frees credit.
-            let credit_back = mine.values().min().copied();
-            let wake = match (due, credit_back) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let until = tokio::time::Instant::now()
-                + Duration::from_millis(
-                    wake.map_or(60_000, |w| (w - crate::now_ms()).clamp(0, 60_000) as u64),
-                );
-            let records = async {
-                if mine.len() < outstanding_max && pending.is_empty() {
-                    let _ = wait_for_records(&inner, &q, None, until).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                msg = requests.next(), if tx.capacity() > 0 => {
-                    // This request and any already waiting share one fsync.
-                    let mut batch = Vec::new();
-                    let mut stop = None;
-                    let mut next = Some(msg);
-                    while let Some(msg) = next.take() {
-                        match classify(msg) {
-                            Ok(Some(s)) => batch.push(s),
-                            Ok(None) => {}
-                            Err(e) => {
-                                stop = Some(e);
-                                break;
-                            }
-                        }
-                        let settlements: usize = batch.iter().map(|s| s.settlements.len()).sum();
-                        if settlements < MAX_SETTLEMENTS {
-                            next = requests.next().now_or_never();
-                        }
-                    }
-                    if !batch.is_empty() {
-                        match settle_batch(&inner, &q, batch, &mut mine).await {
-                            Ok(answers) => {
-                                for resp in answers {
-                                    let msg = WorkResponse { kind: Some(work_response::Kind::Settled(resp)) };
-                                    if tx.send(Ok(msg)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e.into())).await;
-                                return;
-                            }
-                        }
-                    }
-                    if let Some(e) = stop {
-                        if let Some(e) = e {
-                            let _ = tx.send(Err(e.into())).await;
-                        }
-                        return;
-                    }
-                }
-                // Room again in the answer channel: hand over pending deliveries, and read
-                // the worker's requests again.
-                permit = tx.reserve(), if tx.capacity() == 0 || !pending.is_empty() => {
-                    let Ok(permit) = permit else { return };
-                    if let Some(msg) = pending.pop_front() {
-                        permit.send(Ok(msg));
-                        while !pending.is_empty() {
-                            let Ok(permit) = tx.try_reserve() else { break };
-                            permit.send(Ok(pending.pop_front().expect("not empty")));
-                        }
-                    }
-                }
-                () = records => {}
-                () = tokio::time::sleep_until(until) => {}
-                () = q.deleted.cancelled() => {
-                    let e = Error::QueueNotFound { topic: q.topic.clone(), queue: q.name.clone() };
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-                () = inner.shutdown.cancelled() => {
-                    let _ = tx.send(Err(Error::ShuttingDown.into())).await;
-                    return;
-                }
-            }
-        }
-    });
-    Ok(ReceiverStream::new(rx))
 }

@@ -329,12 +329,10 @@ async fn a_receive_of_large_records_fits_the_default_4_mib_message_limit_of_a_st
     }
     create_queue(&mut c, "big", "q", fast(60_000, 5)).await;
     // A stub as generated, with gRPC's default 4 MiB limit on what it receives.
-    let mut stub = spool_proto::v1::broker_client::BrokerClient::connect(format!(
-        "http://{}",
-        b.addr
-    ))
-    .await
-    .expect("connect");
+    let mut stub =
+        spool_proto::v1::broker_client::BrokerClient::connect(format!("http://{}", b.addr))
+            .await
+            .expect("connect");
     let first = receive(&mut stub, "big", "q", 100, 1_000).await;
     let bytes: usize = first
         .iter()
