@@ -346,7 +346,9 @@ mod tests {
             expires_ms,
             lease_ms: 100,
             // Full-width key hashes: the largest events' size.
-            key: o.is_multiple_of(2).then_some(o.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63),
+            key: o
+                .is_multiple_of(2)
+                .then_some(o.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63),
         }
     }
 
