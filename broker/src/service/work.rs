@@ -116,11 +116,12 @@ impl Worker {
         loop {
             let now = crate::now_ms();
             self.mine.retain(|_, expires| *expires > now);
-            if leasing.is_none() && self.outgoing.is_empty() && self.tx.capacity() > 0 {
+            if !ended && leasing.is_none() && self.outgoing.is_empty() && self.tx.capacity() > 0 {
                 leasing = self.look();
             }
-            if ended && settling.is_none() {
-                // The worker is gone and its last settlements are durable.
+            if ended && settling.is_none() && leasing.is_none() && self.outgoing.is_empty() {
+                // The worker ended its side: what was in flight is durable and handed over
+                // (a look's leases are granted, so they are delivered, not dropped).
                 return;
             }
             let until = self.wake_at();

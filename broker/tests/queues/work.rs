@@ -156,3 +156,42 @@ async fn a_worker_with_more_credit_than_the_answer_buffer_drains_the_queue() {
     let q = describe_queue(&mut c, "jobs", "q").await;
     assert_eq!((q.acked_total, q.partitions[0].ack_floor), (400, 400));
 }
+
+#[tokio::test]
+async fn a_worker_that_ends_its_side_at_once_still_gets_the_leases_granted_to_it() {
+    let b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
+    append(&mut c, "jobs", 0, recs("r", 0..5)).await;
+    create_queue(&mut c, "jobs", "q", fast(60_000, 5)).await;
+    // One WorkStart and the end of the worker's side, as a one-shot grpcurl sends.
+    let start = WorkRequest {
+        kind: Some(work_request::Kind::Start(WorkStart {
+            topic: "jobs".into(),
+            queue: "q".into(),
+            consumer: "once".into(),
+            max_outstanding: 10,
+            lease_ms: 0,
+        })),
+    };
+    let mut stream = within("Work", c.work(tokio_stream::iter([start])))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(msg) = within("a Work message", stream.next()).await {
+        match msg.expect("no error").kind {
+            Some(work_response::Kind::Delivery(d)) => got.push(offset(&d)),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    // Whatever was leased to the stream was delivered on it: none is held unseen.
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert!(!got.is_empty(), "no delivery before the stream ended");
+    assert_eq!(
+        q.leased as usize,
+        got.len(),
+        "leased {} delivered {got:?}",
+        q.leased
+    );
+}
