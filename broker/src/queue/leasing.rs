@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::QueueConfig;
 use super::state::{AfterLease, LeaseCheck, Partition, State, after_lease};
-use super::store::{Counters, Event, Grant, SnapEntry, StartSpec};
+use super::store::{Event, StartSpec};
 use crate::error::Result;
 use crate::registry::Topic;
 use crate::service::convert;
@@ -79,45 +79,6 @@ pub struct Leased {
     pub next_due_ms: Option<i64>,
     /// Some lease ran out on its last attempt: the dead-letter task has work.
     pub dead_letters_due: bool,
-}
-
-impl QueueState {
-    fn replay_lease(
-        &mut self,
-        p: u32,
-        Grant(o, attempt, key): Grant,
-        expires_ms: i64,
-        lease_ms: u32,
-    ) {
-        let Some(part) = self.partitions.get_mut(p as usize) else {
-            return;
-        };
-        let before = part.entry(o).map_or(0, |e| e.attempt);
-        part.restore(
-            o,
-            super::state::Entry {
-                attempt,
-                state: State::Leased {
-                    expires_ms,
-                    lease_ms,
-                    consumer: Arc::from(""),
-                },
-                key,
-            },
-        );
-        part.scanned_to(o + 1);
-        if attempt > 1 && attempt > before {
-            self.redelivered_total += 1;
-        }
-    }
-
-    fn replay_ack(&mut self, p: u32, o: u64) {
-        if let Some(part) = self.partitions.get_mut(p as usize)
-            && part.settle(o)
-        {
-            self.acked_total += 1;
-        }
-    }
 }
 
 impl Leased {
@@ -541,180 +502,6 @@ impl Queue {
         (outcomes, events)
     }
 
-    /// Applies one replayed event of this queue.
-    pub(super) fn replay(&self, e: &Event) {
-        let mut guard = self.state.lock();
-        let st = &mut *guard;
-        match e {
-            Event::Lease {
-                p,
-                o,
-                attempt,
-                expires_ms,
-                lease_ms,
-                key,
-                ..
-            } => st.replay_lease(*p, Grant(*o, *attempt, *key), *expires_ms, *lease_ms),
-            Event::Leases {
-                p,
-                expires_ms,
-                lease_ms,
-                grants,
-                ..
-            } => {
-                for g in grants {
-                    st.replay_lease(*p, *g, *expires_ms, *lease_ms);
-                }
-            }
-            Event::Ack { p, o, .. } => st.replay_ack(*p, *o),
-            Event::Acks { p, o, .. } => {
-                for o in o {
-                    st.replay_ack(*p, *o);
-                }
-            }
-            Event::Nack { p, o, at_ms, .. } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize) {
-                    part.set_state(*o, State::Waiting { at_ms: *at_ms });
-                }
-            }
-            Event::Extend {
-                p, o, expires_ms, ..
-            } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize)
-                    && let Some(State::Leased {
-                        lease_ms, consumer, ..
-                    }) = part.entry(*o).map(|e| e.state.clone())
-                {
-                    part.set_state(
-                        *o,
-                        State::Leased {
-                            expires_ms: *expires_ms,
-                            lease_ms,
-                            consumer,
-                        },
-                    );
-                }
-            }
-            Event::DeadLetter {
-                p,
-                o,
-                reason,
-                dlq_from,
-                ..
-            } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize) {
-                    part.set_state(
-                        *o,
-                        State::DeadLettering {
-                            reason: reason.clone(),
-                            dlq_from: *dlq_from,
-                        },
-                    );
-                }
-            }
-            Event::DeadLettered { p, o, .. } => {
-                if let Some(part) = st.partitions.get_mut(*p as usize)
-                    && part.settle(*o)
-                {
-                    st.dead_lettered_total += 1;
-                }
-            }
-            Event::Snapshot {
-                p,
-                reset,
-                floor,
-                settled,
-                entries,
-                counters,
-                ..
-            } => {
-                if let Some(c) = counters {
-                    st.acked_total = c.acked;
-                    st.dead_lettered_total = c.dead_lettered;
-                    st.redelivered_total = c.redelivered;
-                    st.retention_dropped_total = c.retention_dropped;
-                }
-                if let Some(part) = st.partitions.get_mut(*p as usize) {
-                    if *reset {
-                        *part = Partition::new(*floor);
-                    }
-                    for (start, end) in settled {
-                        part.restore_settled(*start, *end);
-                    }
-                    for e in entries {
-                        part.restore(e.o, snap_entry(e));
-                    }
-                }
-            }
-            Event::Create { .. } | Event::Delete { .. } => {}
-        }
-    }
-
-    /// This queue as checkpoint events: its `Create` (with today's floors) and its state.
-    pub(super) fn checkpoint(&self) -> Vec<Event> {
-        let st = self.state.lock();
-        let mut events = vec![Event::Create {
-            id: self.id,
-            topic: self.topic.clone(),
-            queue: self.name.clone(),
-            config: self.config.clone(),
-            start: self.start.clone(),
-            floors: st.partitions.iter().map(Partition::floor).collect(),
-        }];
-        for (p, part) in st.partitions.iter().enumerate() {
-            let settled: Vec<(u64, u64)> = part.settled_ranges().collect();
-            // Blocked records are not written: a scan after the restart finds them again.
-            let entries: Vec<SnapEntry> = part
-                .entries()
-                .filter(|(_, e)| !matches!(e.state, State::Blocked { .. }))
-                .map(|(o, e)| {
-                    let (state, at_ms, lease_ms, reason, dlq_from) = match &e.state {
-                        State::Waiting { at_ms } => ("waiting", *at_ms, 0, String::new(), 0),
-                        State::Leased {
-                            expires_ms,
-                            lease_ms,
-                            ..
-                        } => ("leased", *expires_ms, *lease_ms, String::new(), 0),
-                        State::DeadLettering { reason, dlq_from } => {
-                            ("dead_lettering", 0, 0, reason.clone(), *dlq_from)
-                        }
-                        State::Blocked { .. } => unreachable!("filtered out"),
-                    };
-                    SnapEntry {
-                        o,
-                        attempt: e.attempt,
-                        state: state.to_string(),
-                        at_ms,
-                        lease_ms,
-                        reason,
-                        dlq_from,
-                        key: e.key,
-                    }
-                })
-                .collect();
-            let parts = (settled.len().div_ceil(SNAP_RANGES))
-                .max(entries.len().div_ceil(SNAP_ENTRIES))
-                .max(1);
-            for i in 0..parts {
-                events.push(Event::Snapshot {
-                    id: self.id,
-                    p: p as u32,
-                    reset: i == 0,
-                    floor: part.floor(),
-                    settled: part_of(&settled, i, SNAP_RANGES),
-                    entries: part_of(&entries, i, SNAP_ENTRIES),
-                    counters: (p == 0 && i == 0).then_some(Counters {
-                        acked: st.acked_total,
-                        dead_lettered: st.dead_lettered_total,
-                        redelivered: st.redelivered_total,
-                        retention_dropped: st.retention_dropped_total,
-                    }),
-                });
-            }
-        }
-        events
-    }
-
     /// The queue's config, start, counts and partitions, for `DescribeQueue`.
     pub fn info(&self, topic: Option<&Topic>, now: i64) -> v1::QueueInfo {
         let st = self.state.lock();
@@ -806,35 +593,6 @@ impl Queue {
         consumers.sort_by(|a, b| a.consumer.cmp(&b.consumer));
         info.consumers = consumers;
         info
-    }
-}
-
-/// Checkpoint parts stay well under the queue log's 64 KiB record limit.
-const SNAP_ENTRIES: usize = 300;
-const SNAP_RANGES: usize = 1_000;
-
-/// The `i`-th run of `n` items of `all`.
-fn part_of<T: Clone>(all: &[T], i: usize, n: usize) -> Vec<T> {
-    all.iter().skip(i * n).take(n).cloned().collect()
-}
-
-fn snap_entry(e: &SnapEntry) -> super::state::Entry {
-    let state = match e.state.as_str() {
-        "leased" => State::Leased {
-            expires_ms: e.at_ms,
-            lease_ms: e.lease_ms,
-            consumer: Arc::from(""),
-        },
-        "dead_lettering" => State::DeadLettering {
-            reason: e.reason.clone(),
-            dlq_from: e.dlq_from,
-        },
-        _ => State::Waiting { at_ms: e.at_ms },
-    };
-    super::state::Entry {
-        attempt: e.attempt,
-        state,
-        key: e.key,
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod dead_letter;
 pub mod leasing;
+mod replay;
 pub mod state;
 pub mod store;
 

@@ -234,13 +234,14 @@ pub(super) fn check_settlements(q: &Queue, settlements: &[Settlement]) -> Result
     Ok(())
 }
 
-/// Applies settlements and returns once they are durable.
+/// Applies settlements, each request's already checked by `check_settlements` (a `Work`
+/// batch may join several requests, so their sum may pass one request's limit), and
+/// returns once they are durable.
 pub(super) async fn settle_on(
     inner: &Arc<Inner>,
     q: &Arc<Queue>,
     settlements: Vec<Settlement>,
 ) -> Result<SettleResponse> {
-    check_settlements(q, &settlements)?;
     let dlq_end = inner
         .registry
         .get(&q.config.dead_letter_topic)

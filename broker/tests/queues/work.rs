@@ -195,3 +195,67 @@ async fn a_worker_that_ends_its_side_at_once_still_gets_the_leases_granted_to_it
         q.leased
     );
 }
+
+#[tokio::test]
+async fn settle_requests_that_arrive_together_are_each_checked_on_their_own() {
+    let b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
+    create_queue(&mut c, "jobs", "q", fast(60_000, 5)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let start = WorkStart {
+        topic: "jobs".into(),
+        queue: "q".into(),
+        ..WorkStart::default()
+    };
+    tx.send(WorkRequest {
+        kind: Some(work_request::Kind::Start(start)),
+    })
+    .await
+    .unwrap();
+    let mut stream = within(
+        "Work",
+        c.work(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    // Three requests at once, two of 6,000 settlements (each under the 10,000 limit, not
+    // together): whichever the broker batches, each is answered, with UNKNOWN (no leases).
+    let sizes = [1usize, 6_000, 6_000];
+    for n in sizes {
+        let settlements = (0..n as u64)
+            .map(|o| Settlement {
+                partition: 0,
+                offset: o,
+                lease_id: 1,
+                action: SettleAction::Ack as i32,
+                delay_ms: None,
+                reason: String::new(),
+            })
+            .collect();
+        let settle = SettleRequest {
+            topic: String::new(),
+            queue: String::new(),
+            settlements,
+        };
+        tx.send(WorkRequest {
+            kind: Some(work_request::Kind::Settle(settle)),
+        })
+        .await
+        .unwrap();
+    }
+    for n in sizes {
+        match next(&mut stream).await {
+            work_response::Kind::Settled(s) => {
+                assert_eq!(s.outcomes.len(), n);
+                assert!(
+                    s.outcomes
+                        .iter()
+                        .all(|o| o.result == SettleResult::Unknown as i32)
+                );
+            }
+            other => panic!("expected a settle answer, got {other:?}"),
+        }
+    }
+}
