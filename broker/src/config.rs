@@ -89,6 +89,10 @@ pub struct BrokerConfig {
     /// later, as Kafka's `offsets.retention.minutes` does: invented group names cannot grow
     /// the broker's memory forever.
     pub offsets_retention_ms: u64,
+    /// Memory the deferred sets of all queues together may use, in bytes: what millions of
+    /// records with far-off delivery times cost while their timers wait on disk. Past it,
+    /// delayed records wait in memory, up to each queue's bound, and `DescribeQueue` says so.
+    pub queue_delay_memory_bytes: u64,
     /// An idempotent producer is forgotten this many milliseconds after its last append
     /// (by the broker's clock), unless its topic sets `producer_id_expiration_ms`; 0 =
     /// never. As Kafka's `transactional.id.expiration.ms`: invented producer ids cannot grow
@@ -129,6 +133,7 @@ impl Default for BrokerConfig {
             stream_memory_bytes: 64 * 1024 * 1024,
             retention_check_ms: 60_000,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            queue_delay_memory_bytes: 64 * 1024 * 1024,
             producer_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
             max_producers_per_partition: 10_000,
             max_producers: 1_000_000,

@@ -38,6 +38,10 @@ struct Cli {
     /// in milliseconds [default: 604800000, 7 days].
     #[arg(long, env = "SPOOL_OFFSETS_RETENTION_MS")]
     offsets_retention_ms: Option<u64>,
+    /// Memory the deferred sets of all queues (records with far-off delivery times, their
+    /// timers on disk) may use, in bytes [default: 67108864, 64 MiB].
+    #[arg(long, env = "SPOOL_QUEUE_DELAY_MEMORY_BYTES")]
+    queue_delay_memory_bytes: Option<u64>,
     /// How long a partition remembers an idempotent producer after its last append, in
     /// milliseconds; 0 = until a cap evicts it [default: 604800000, 7 days].
     #[arg(long, env = "SPOOL_PRODUCER_ID_EXPIRATION_MS")]
@@ -111,6 +115,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.offsets_retention_ms {
         config.offsets_retention_ms = v;
+    }
+    if let Some(v) = cli.queue_delay_memory_bytes {
+        config.queue_delay_memory_bytes = v;
     }
     if let Some(v) = cli.producer_id_expiration_ms {
         config.producer_id_expiration_ms = v;

@@ -59,6 +59,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     };
     let data_dir = config.data_dir.clone();
     let cfg = Arc::clone(&config);
+    let delay_memory = config.queue_delay_memory_bytes;
     let partition_events = crate::health::PartitionEvents::default();
     let hook = partition_events.storage_hook();
     let (registry, offsets, queues) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -66,7 +67,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         storage.on_failure(hook);
         let offsets = OffsetStore::open(&storage)?;
         let registry = Registry::open(Arc::clone(&storage), cfg)?;
-        let queues = crate::queue::Queues::open(&storage, &registry)?;
+        let queues = crate::queue::Queues::open(&storage, &registry, delay_memory)?;
         Ok((Arc::new(registry), offsets, Arc::new(queues)))
     })
     .await??;

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::config::QueueConfig;
+use super::delays::{DEFER_MIN_MS, DelayStore};
 use super::state::{AfterLease, LeaseCheck, Partition, State, after_lease};
 use super::store::{Event, StartSpec};
 use crate::error::Result;
@@ -22,6 +23,9 @@ const MAX_CONSUMERS: usize = 1_000;
 /// How many records one scan of a partition reads from its log at most.
 const SCAN_RECORDS: usize = 500;
 const SCAN_BYTES: usize = 4 << 20;
+/// How many records one look scans per partition at most (deferred ones cost no memory, so
+/// the tracked bound alone would not end a scan through millions of them).
+const SCAN_BUDGET: usize = 20_000;
 
 pub struct Queue {
     pub id: u64,
@@ -36,7 +40,6 @@ pub struct Queue {
     pub deleted: CancellationToken,
 }
 
-#[derive(Default)]
 pub(super) struct QueueState {
     pub partitions: Vec<Partition>,
     pub acked_total: u64,
@@ -47,6 +50,8 @@ pub(super) struct QueueState {
     pub consumers: HashMap<Arc<str>, i64>,
     /// Which partition the next lease looks at first, so none is starved.
     next_partition: usize,
+    /// Timers of deferred records.
+    pub delays: DelayStore,
 }
 
 /// How much one look for records may lease: `records` at most, and no more records once
@@ -87,37 +92,6 @@ impl Leased {
     }
 }
 
-/// Why a queue cannot deliver right now, if it cannot.
-pub fn pause_reason(q: &Queue, parts: &[Partition]) -> String {
-    let max = q.config.max_leased as usize;
-    let full: Vec<String> = parts
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.leased() >= max)
-        .map(|(i, _)| i.to_string())
-        .collect();
-    if !full.is_empty() {
-        return format!(
-            "partitions {} have max_leased ({max}) records leased: settle some, or raise max_leased",
-            full.join(", ")
-        );
-    }
-    let waiting: Vec<String> = parts
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.tracked() >= 2 * max)
-        .map(|(i, _)| i.to_string())
-        .collect();
-    if !waiting.is_empty() {
-        return format!(
-            "partitions {} track 2 × max_leased ({}) unsettled records waiting for a retry or a delivery time: new records wait until some are retried",
-            waiting.join(", "),
-            2 * max
-        );
-    }
-    String::new()
-}
-
 impl Queue {
     pub fn new(
         id: u64,
@@ -126,6 +100,7 @@ impl Queue {
         config: QueueConfig,
         start: StartSpec,
         floors: &[u64],
+        delays: DelayStore,
     ) -> Queue {
         Queue {
             id,
@@ -135,11 +110,24 @@ impl Queue {
             start,
             state: Mutex::new(QueueState {
                 partitions: floors.iter().map(|f| Partition::new(*f)).collect(),
-                ..QueueState::default()
+                acked_total: 0,
+                dead_lettered_total: 0,
+                redelivered_total: 0,
+                retention_dropped_total: 0,
+                consumers: HashMap::new(),
+                next_partition: 0,
+                delays,
             }),
             changed: Notify::new(),
             deleted: CancellationToken::new(),
         }
+    }
+
+    /// Counts the queue's deferred sets in the broker's delay budget (after a replay).
+    pub(super) fn account_deferred(&self) {
+        let mut st = self.state.lock();
+        let bytes = st.partitions.iter().map(Partition::deferred_bytes).sum();
+        st.delays.account(bytes);
     }
 
     pub fn partitions(&self) -> usize {
@@ -183,51 +171,18 @@ impl Queue {
         let consumer: Arc<str> = Arc::from(consumer);
         let mut guard = self.state.lock();
         let st = &mut *guard;
-        let n = st.partitions.len().min(topic.partitions.len());
-        let first = st.next_partition % n.max(1);
-        st.next_partition = st.next_partition.wrapping_add(1);
-        for i in 0..n {
-            if out.full(limit) {
-                break;
-            }
-            let p = (first + i) % n;
-            let log = &topic.partitions[p].log;
-            let part = &mut st.partitions[p];
-            st.retention_dropped_total += part.drop_below(log.start_offset());
-            let due = self.due(part, now, &mut out);
-            for o in due {
-                if out.full(limit) || part.leased() >= self.config.max_leased as usize {
-                    break;
-                }
-                let Some(record) = read_one(log, o)? else {
-                    // Gone meanwhile (retention): nothing left to deliver.
-                    part.settle(o);
-                    st.retention_dropped_total += 1;
-                    continue;
-                };
-                let key = self.order_key(&record.key);
-                let attempt = part.grant(
-                    o,
-                    now + i64::from(lease_ms),
-                    lease_ms,
-                    Arc::clone(&consumer),
-                    key,
-                );
-                if attempt > 1 {
-                    st.redelivered_total += 1;
-                }
-                self.deliver(p as u32, record, attempt, now, lease_ms, &mut out);
-            }
-            self.scan_fresh(
-                p as u32,
-                part,
-                log,
-                limit,
-                (lease_ms, &consumer),
-                now,
-                &mut out,
-            )?;
-        }
+        let mut deferred = Vec::new();
+        let looked = self.look(
+            st,
+            topic,
+            limit,
+            (lease_ms, &consumer),
+            now,
+            &mut out,
+            &mut deferred,
+        );
+        self.make_deferrals_durable(st, deferred, &mut out);
+        looked?;
         if !out.deliveries.is_empty() {
             if st.consumers.len() >= MAX_CONSUMERS && !st.consumers.contains_key(&consumer) {
                 let oldest = st
@@ -242,6 +197,141 @@ impl Queue {
             st.consumers.insert(consumer, now);
         }
         Ok(out)
+    }
+
+    /// One look through the partitions: timers due brought back, due records leased, then
+    /// fresh ones scanned (deferring those due far ahead into `deferred`).
+    #[allow(clippy::too_many_arguments)]
+    fn look(
+        &self,
+        st: &mut QueueState,
+        topic: &Topic,
+        limit: Limit,
+        (lease_ms, consumer): (u32, &Arc<str>),
+        now: i64,
+        out: &mut Leased,
+        deferred: &mut Vec<(u32, u64)>,
+    ) -> Result<()> {
+        let n = st.partitions.len().min(topic.partitions.len());
+        let first = st.next_partition % n.max(1);
+        st.next_partition = st.next_partition.wrapping_add(1);
+        for i in 0..n {
+            if out.full(limit) {
+                break;
+            }
+            let p = (first + i) % n;
+            let log = &topic.partitions[p].log;
+            let part = &mut st.partitions[p];
+            st.retention_dropped_total += part.drop_below(log.start_offset());
+            self.load_delayed(p as u32, part, &mut st.delays, now, out)?;
+            let mut due = self.due(part, now, out);
+            due.truncate(limit.records.saturating_sub(out.deliveries.len()));
+            let records = read_due(log, &due, limit.bytes.saturating_sub(out.bytes))?;
+            for (o, record) in due.into_iter().zip(records) {
+                if out.full(limit) {
+                    break;
+                }
+                // An expired lease granted again does not add to the leased count.
+                let relet = matches!(part.entry(o).map(|e| &e.state), Some(State::Leased { .. }));
+                if !relet && part.leased() >= self.config.max_leased as usize {
+                    continue;
+                }
+                let Some(record) = record else {
+                    // Gone meanwhile (retention): nothing left to deliver.
+                    part.settle(o);
+                    st.retention_dropped_total += 1;
+                    continue;
+                };
+                let key = self.order_key(&record.key);
+                let attempt = part.grant(
+                    o,
+                    now + i64::from(lease_ms),
+                    lease_ms,
+                    Arc::clone(consumer),
+                    key,
+                );
+                if attempt > 1 {
+                    st.redelivered_total += 1;
+                }
+                self.deliver(p as u32, record, attempt, now, lease_ms, out);
+            }
+            self.scan_fresh(
+                (p as u32, part, &mut st.delays),
+                log,
+                limit,
+                (lease_ms, consumer),
+                now,
+                out,
+                deferred,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Brings back the deferred records of partition `p` whose timers are due (a bucket span
+    /// ahead), as waiting entries, while the partition tracks fewer than `2 × max_leased`.
+    fn load_delayed(
+        &self,
+        p: u32,
+        part: &mut Partition,
+        delays: &mut DelayStore,
+        now: i64,
+        out: &mut Leased,
+    ) -> Result<()> {
+        let room = (2 * self.config.max_leased as usize).saturating_sub(part.tracked());
+        if room > 0 {
+            delays.take_due(p, now, room, |o, at| part.undefer(o, at))?;
+        }
+        // Still due now means no room: a settlement wakes the queue.
+        if let Some(at) = delays.next_action_ms(p).filter(|at| *at > now) {
+            out.next_due_ms = Some(out.next_due_ms.map_or(at, |d| d.min(at)));
+        }
+        Ok(())
+    }
+
+    /// Makes this look's deferrals durable: their timers fsynced, then `Deferred` events
+    /// for the caller to append. If the timers cannot be written, the records wait in
+    /// memory instead.
+    fn make_deferrals_durable(
+        &self,
+        st: &mut QueueState,
+        mut deferred: Vec<(u32, u64)>,
+        out: &mut Leased,
+    ) {
+        if st.delays.has_pending() {
+            if let Err(e) = st.delays.flush() {
+                tracing::warn!(queue = %self.name, topic = %self.topic, error = %e, "writing delay timers failed: the records wait in memory");
+                for (p, o, at) in st.delays.take_pending() {
+                    if let Some(part) = st.partitions.get_mut(p as usize) {
+                        part.undefer(o, at);
+                    }
+                }
+                deferred.clear();
+            }
+            let bytes = st.partitions.iter().map(Partition::deferred_bytes).sum();
+            st.delays.account(bytes);
+        }
+        deferred.sort_unstable();
+        let mut i = 0;
+        while i < deferred.len() {
+            let p = deferred[i].0;
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            while i < deferred.len() && deferred[i].0 == p {
+                let o = deferred[i].1;
+                match ranges.last_mut() {
+                    Some((_, end)) if *end == o => *end = o + 1,
+                    _ => ranges.push((o, o + 1)),
+                }
+                i += 1;
+            }
+            for chunk in ranges.chunks(super::store::COALESCE_MAX) {
+                out.events.push(Event::Deferred {
+                    id: self.id,
+                    p,
+                    ranges: chunk.to_vec(),
+                });
+            }
+        }
     }
 
     /// The tracked records of `part` available now, oldest first; notes when the next one
@@ -278,20 +368,26 @@ impl Queue {
     #[allow(clippy::too_many_arguments)]
     fn scan_fresh(
         &self,
-        partition: u32,
-        part: &mut Partition,
+        (partition, part, delays): (u32, &mut Partition, &mut DelayStore),
         log: &spool_storage::Log,
         limit: Limit,
         (lease_ms, consumer): (u32, &Arc<str>),
         now: i64,
         out: &mut Leased,
+        deferred: &mut Vec<(u32, u64)>,
     ) -> Result<()> {
         let max_leased = self.config.max_leased as usize;
+        let mut scanned = 0;
         'scan: while !out.full(limit)
             && part.leased() < max_leased
             && part.tracked() < 2 * max_leased
-            && part.scan() < log.end_offset()
+            && part.skip_settled() < log.end_offset()
         {
+            if scanned >= SCAN_BUDGET {
+                // More to scan: look again at once.
+                out.next_due_ms = Some(now);
+                break;
+            }
             let records = match log.read(part.scan(), SCAN_RECORDS, SCAN_BYTES) {
                 Ok(r) => r,
                 Err(spool_storage::Error::OffsetOutOfRange { .. }) => return Ok(()),
@@ -307,6 +403,7 @@ impl Queue {
                 {
                     break 'scan;
                 }
+                scanned += 1;
                 let o = r.offset;
                 if part.is_fresh(o) {
                     let proto = convert::to_proto(r);
@@ -319,8 +416,14 @@ impl Queue {
                     if part.key_is_held(key) {
                         part.track_fresh(o, State::Blocked { at_ms: at }, key);
                     } else if at > now {
-                        part.track_fresh(o, State::Waiting { at_ms: at }, key);
-                        out.next_due_ms = Some(out.next_due_ms.map_or(at, |d| d.min(at)));
+                        if key.is_none() && at - now >= DEFER_MIN_MS && !delays.budget_full() {
+                            part.defer(o);
+                            delays.defer(partition, o, at, now);
+                            deferred.push((partition, o));
+                        } else {
+                            part.track_fresh(o, State::Waiting { at_ms: at }, key);
+                            out.next_due_ms = Some(out.next_due_ms.map_or(at, |d| d.min(at)));
+                        }
                     } else {
                         let attempt = part.grant(
                             o,
@@ -501,99 +604,48 @@ impl Queue {
         }
         (outcomes, events)
     }
+}
 
-    /// The queue's config, start, counts and partitions, for `DescribeQueue`.
-    pub fn info(&self, topic: Option<&Topic>, now: i64) -> v1::QueueInfo {
-        let st = self.state.lock();
-        let mut info = v1::QueueInfo {
-            topic: self.topic.clone(),
-            queue: self.name.clone(),
-            config: Some(self.config.to_proto()),
-            start: Some(v1::StartPosition {
-                kind: self.start.kind,
-                offset: self.start.offset,
-                timestamp_ms: self.start.timestamp_ms,
-            }),
-            acked_total: st.acked_total,
-            dead_lettered_total: st.dead_lettered_total,
-            redelivered_total: st.redelivered_total,
-            retention_dropped_total: st.retention_dropped_total,
-            paused: pause_reason(self, &st.partitions),
-            ..v1::QueueInfo::default()
+/// The records at `offsets` (ascending), `None` for one retention removed: a run of
+/// consecutive offsets is one log read, so records due together (a delay bucket, a batch's
+/// retries) cost one decode of their batch, not one each. Stops once their keys and values
+/// reach `max_bytes` (past the first), so fewer may come back than asked.
+fn read_due(
+    log: &spool_storage::Log,
+    offsets: &[u64],
+    max_bytes: usize,
+) -> Result<Vec<Option<spool_storage::StoredRecord>>> {
+    let mut out = Vec::with_capacity(offsets.len());
+    let mut bytes = 0;
+    let mut i = 0;
+    while i < offsets.len() && (i == 0 || bytes < max_bytes) {
+        let mut j = i + 1;
+        while j < offsets.len() && offsets[j] == offsets[j - 1] + 1 && j - i < SCAN_RECORDS {
+            j += 1;
+        }
+        let (first, n) = (offsets[i], (j - i) as u64);
+        let records = match log.read(first, j - i, SCAN_BYTES.min(max_bytes.max(1))) {
+            Ok(r) => r,
+            Err(spool_storage::Error::OffsetOutOfRange { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
         };
-        let mut oldest_ready: Option<i64> = None;
-        for (i, part) in st.partitions.iter().enumerate() {
-            let end = topic
-                .and_then(|t| t.partitions.get(i))
-                .map_or(part.floor(), |p| p.log.end_offset());
-            let mut leased = 0;
-            let mut tracked = 0u64;
-            for (_, e) in part.entries() {
-                tracked += 1;
-                match &e.state {
-                    State::Waiting { at_ms } if *at_ms <= now => {
-                        info.ready += 1;
-                        oldest_ready = Some(oldest_ready.map_or(*at_ms, |o| o.min(*at_ms)));
-                    }
-                    State::Waiting { .. } => info.delayed += 1,
-                    State::Leased { expires_ms, .. } if *expires_ms > now => leased += 1,
-                    State::Leased { expires_ms, .. } => {
-                        let at = match after_lease(
-                            e.attempt,
-                            *expires_ms,
-                            self.config.max_deliveries,
-                            self.config.backoff_ms(e.attempt),
-                        ) {
-                            AfterLease::RetryAt(at) => at,
-                            AfterLease::DeadLetter => continue,
-                        };
-                        if at <= now {
-                            info.ready += 1;
-                        } else {
-                            info.delayed += 1;
-                        }
-                    }
-                    State::DeadLettering { .. } | State::Blocked { .. } => {}
-                }
+        let before = out.len();
+        for r in records {
+            if r.offset >= first
+                && r.offset < first + n
+                && r.offset == first + (out.len() - before) as u64
+            {
+                bytes += r.key.len() + r.value.len();
+                out.push(Some(r));
             }
-            info.blocked_keys += part.blocked_keys() as u64;
-            // Records never touched: available (a delivery time not yet seen counts as
-            // ready until a scan reads it).
-            let untouched = (end.saturating_sub(part.floor()))
-                .saturating_sub(part.settled_below(end))
-                .saturating_sub(tracked);
-            info.ready += untouched;
-            info.leased += leased;
-            info.partitions.push(v1::QueuePartition {
-                partition: i as u32,
-                ack_floor: part.floor(),
-                end_offset: end,
-                leased,
-            });
         }
-        if let Some(t) = oldest_ready {
-            info.oldest_ready_age_ms = (now - t).max(0) as u64;
+        if out.len() == before {
+            // Nothing at `first`: retention removed it.
+            out.push(None);
         }
-        let window = i64::from(self.config.lease_ms);
-        let mut consumers: Vec<v1::QueueConsumerInfo> = st
-            .consumers
-            .iter()
-            .filter(|(_, seen)| now - **seen <= window)
-            .map(|(c, seen)| v1::QueueConsumerInfo {
-                consumer: c.to_string(),
-                leased: st
-                    .partitions
-                    .iter()
-                    .flat_map(|p| p.entries())
-                    .filter(|(_, e)| matches!(&e.state, State::Leased { consumer, expires_ms, .. } if consumer == c && *expires_ms > now))
-                    .count() as u64,
-                last_seen_ms: *seen,
-            })
-            .collect();
-        consumers.sort_by(|a, b| a.consumer.cmp(&b.consumer));
-        info.consumers = consumers;
-        info
+        i += out.len() - before;
     }
+    Ok(out)
 }
 
 /// The record at `offset`, or `None` if retention removed it.

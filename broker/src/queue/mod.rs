@@ -4,15 +4,22 @@
 //!
 //! - `config.rs`: the effective config (defaults, clamps).
 //! - `state.rs`: one partition's state machine, pure.
-//! - `leasing.rs`: `Queue`: leasing and settling under its lock, replay, `DescribeQueue`.
+//! - `leasing.rs`: `Queue`: leasing and settling under its lock.
+//! - `replay.rs`: applying the queue log on start, and checkpoints.
+//! - `describe.rs`: what `DescribeQueue` reports, and why a queue is paused.
 //! - `store.rs`: the events on `internal/queues` that make every change durable.
 //! - `dead_letter.rs`: the task that writes dead letters and then settles their records.
+//! - `delays.rs`: timers of records due far ahead, on disk in time buckets.
 //!
 //! Every change is durable before the request that made it is answered; the lock of a
 //! queue is never held across an `.await` or an fsync.
 
 pub mod config;
 pub mod dead_letter;
+#[cfg(test)]
+mod deferral_tests;
+pub mod delays;
+mod describe;
 pub mod leasing;
 mod replay;
 pub mod state;
@@ -30,6 +37,7 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::registry::{Registry, Topic, validate_name};
 use config::QueueConfig;
+use delays::{DelayBudget, DelayStore};
 use leasing::Queue;
 use store::{Event, QueueLog, StartSpec};
 
@@ -44,13 +52,21 @@ pub struct Queues {
     admin: Mutex<()>,
     /// Wakes the dead-letter task.
     pub dead_letters: Notify,
+    /// Where each queue's delay store lives: `<data>/queue-delays/<queue id, hex>/`.
+    delay_root: std::path::PathBuf,
+    pub delay_budget: Arc<DelayBudget>,
 }
+
+/// The directory under the data directory holding the delay stores.
+const DELAY_DIR: &str = "queue-delays";
 
 impl Queues {
     /// Opens the queue log and rebuilds every queue of a topic that still exists
     /// (blocking).
-    pub fn open(storage: &Storage, registry: &Registry) -> Result<Queues> {
+    pub fn open(storage: &Storage, registry: &Registry, delay_memory: u64) -> Result<Queues> {
         let (log, events) = QueueLog::open(storage)?;
+        let delay_root = storage.root().join(DELAY_DIR);
+        let delay_budget = DelayBudget::new(delay_memory);
         let mut by_id: BTreeMap<u64, Arc<Queue>> = BTreeMap::new();
         for e in &events {
             match e {
@@ -72,6 +88,10 @@ impl Queues {
                             config.clone(),
                             start.clone(),
                             floors,
+                            DelayStore::open(
+                                delay_dir(&delay_root, *id),
+                                Arc::clone(&delay_budget),
+                            )?,
                         )),
                     );
                 }
@@ -88,9 +108,11 @@ impl Queues {
         let mut queues = BTreeMap::new();
         for q in by_id.into_values() {
             if registry.get(&q.topic).is_ok() {
+                q.account_deferred();
                 queues.insert((q.topic.clone(), q.name.clone()), q);
             }
         }
+        remove_unused_delay_stores(&delay_root, &queues)?;
         tracing::info!(
             queues = queues.len(),
             events = events.len(),
@@ -101,6 +123,8 @@ impl Queues {
             queues: RwLock::new(queues),
             admin: Mutex::new(()),
             dead_letters: Notify::new(),
+            delay_root,
+            delay_budget,
         })
     }
 
@@ -137,12 +161,17 @@ impl Queues {
         if self.log.segment_count() < 2 || self.log.records() <= min_records {
             return Ok(0);
         }
+        let mut loaded = Vec::new();
         let removed = self.log.checkpoint(|| {
-            self.list(None)
-                .iter()
-                .flat_map(|q| q.checkpoint())
-                .collect()
+            let mut events = Vec::new();
+            for q in self.list(None) {
+                let (e, l) = q.checkpoint();
+                events.extend(e);
+                loaded.extend(l);
+            }
+            events
         })?;
+        delays::remove_loaded(&loaded);
         tracing::info!(
             segments = removed,
             records = self.log.records(),
@@ -199,6 +228,10 @@ impl Queues {
             config,
             start,
             &floors,
+            DelayStore::open(
+                delay_dir(&self.delay_root, id),
+                Arc::clone(&self.delay_budget),
+            )?,
         ));
         self.queues
             .write()
@@ -242,6 +275,13 @@ impl Queues {
             .remove(&(topic.to_string(), queue.to_string()));
         q.deleted.cancel();
         q.changed.notify_waiters();
+        let dir = delay_dir(&self.delay_root, q.id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            // Removed at the next start.
+            tracing::warn!(dir = %dir.display(), error = %e, "removing a deleted queue's delay store failed");
+        }
         tracing::info!(%topic, %queue, "queue deleted");
         Ok(())
     }
@@ -256,6 +296,33 @@ impl Queues {
         }
         Ok(())
     }
+}
+
+fn delay_dir(root: &std::path::Path, id: u64) -> std::path::PathBuf {
+    root.join(format!("{id:016x}"))
+}
+
+/// Removes the delay stores of queues that no longer exist (deleted, or a removal a crash
+/// interrupted).
+fn remove_unused_delay_stores(
+    root: &std::path::Path,
+    queues: &BTreeMap<(String, String), Arc<Queue>>,
+) -> Result<()> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", root, e)),
+    };
+    let live: std::collections::HashSet<std::path::PathBuf> =
+        queues.values().map(|q| delay_dir(root, q.id)).collect();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("list", root, e))?.path();
+        if !live.contains(&path) {
+            tracing::info!(dir = %path.display(), "removing the delay store of a queue that no longer exists");
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a new queue starts in each partition.
@@ -320,7 +387,7 @@ pub(crate) mod tests {
             ..BrokerConfig::default()
         });
         let registry = Registry::open(Arc::clone(&storage), config).unwrap();
-        let queues = Queues::open(&storage, &registry).unwrap();
+        let queues = Queues::open(&storage, &registry, 64 << 20).unwrap();
         (storage, registry, queues)
     }
 
@@ -411,5 +478,51 @@ pub(crate) mod tests {
         let topic = registry.get("t").unwrap();
         assert_eq!(summary(&q, &topic), before);
         assert!(before.0 > 0 && before.1 > 0, "{before:?}");
+    }
+
+    #[test]
+    fn leases_that_expired_at_max_leased_are_granted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_storage, registry, queues) = open(dir.path());
+        let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
+        let topic = registry.create("t", 1, settings).unwrap();
+        let records: Vec<Record> = (0..5)
+            .map(|_| Record {
+                value: "v".into(),
+                timestamp_ms: 1,
+                ..Record::default()
+            })
+            .collect();
+        topic.partitions[0]
+            .log
+            .append(&records, ProducerStamp::default())
+            .unwrap();
+        let req = v1::CreateQueueRequest {
+            topic: "t".into(),
+            queue: "q".into(),
+            config: Some(v1::QueueConfig {
+                max_leased: 2,
+                retry_backoff_min_ms: 10,
+                retry_backoff_max_ms: 10,
+                ..v1::QueueConfig::default()
+            }),
+            start: None,
+        };
+        let q = queues.create(&registry, &req).unwrap();
+        let now = 1_000_000;
+        let first = q
+            .lease(&topic, Limit::records(10), 1_000, "w", now)
+            .unwrap();
+        assert_eq!(first.deliveries.len(), 2);
+        // Both leases ran out unsettled: the partition is at max_leased with expired leases.
+        let again = q
+            .lease(&topic, Limit::records(10), 1_000, "w", now + 1_010)
+            .unwrap();
+        let attempts: Vec<(u64, u32)> = again
+            .deliveries
+            .iter()
+            .map(|d| (d.record.as_ref().unwrap().offset, d.attempt))
+            .collect();
+        assert_eq!(attempts, [(0, 2), (1, 2)]);
     }
 }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use roaring::RoaringTreemap;
+
 use super::leasing::{Queue, QueueState};
 use super::state::{Entry, Partition, State};
 use super::store::{Counters, Event, Grant, SnapEntry};
@@ -31,7 +33,6 @@ impl QueueState {
                 key,
             },
         );
-        part.scanned_to(o + 1);
         if attempt > 1 && attempt > before {
             self.redelivered_total += 1;
         }
@@ -152,13 +153,34 @@ impl Queue {
                     }
                 }
             }
+            Event::Deferred { p, ranges, .. } => {
+                if let Some(part) = st.partitions.get_mut(*p as usize) {
+                    for o in ranges.iter().flat_map(|(s, e)| *s..*e) {
+                        if part.is_fresh(o) {
+                            part.defer(o);
+                        }
+                    }
+                }
+            }
+            Event::SnapshotDeferred { p, bits, .. } => {
+                if let Some(part) = st.partitions.get_mut(*p as usize) {
+                    match decode_deferred(bits) {
+                        Ok(set) => part.restore_deferred(set),
+                        Err(e) => {
+                            tracing::error!(queue = %self.name, topic = %self.topic, error = %e, "a checkpoint's deferred set does not decode: its records are lost to the queue")
+                        }
+                    }
+                }
+            }
             Event::Create { .. } | Event::Delete { .. } => {}
         }
     }
 
-    /// This queue as checkpoint events: its `Create` (with today's floors) and its state.
-    pub(super) fn checkpoint(&self) -> Vec<Event> {
-        let st = self.state.lock();
+    /// This queue as checkpoint events: its `Create` (with today's floors) and its state,
+    /// and the delay buckets the checkpoint makes unneeded (to delete once it is durable).
+    pub(super) fn checkpoint(&self) -> (Vec<Event>, Vec<std::path::PathBuf>) {
+        let mut st = self.state.lock();
+        let loaded = st.delays.take_loaded();
         let mut events = vec![Event::Create {
             id: self.id,
             topic: self.topic.clone(),
@@ -217,9 +239,55 @@ impl Queue {
                     }),
                 });
             }
+            for bits in deferred_parts(part) {
+                events.push(Event::SnapshotDeferred {
+                    id: self.id,
+                    p: p as u32,
+                    bits,
+                });
+            }
         }
-        events
+        (events, loaded)
     }
+}
+
+/// Serialized size a part of a checkpoint's deferred set reaches before the next begins:
+/// one more 64 Ki-offset container (8 KiB at most) keeps it, in base64, under the queue
+/// log's 64 KiB record limit.
+const SNAP_DEFERRED_BYTES: usize = 24 * 1024;
+
+/// A partition's deferred set as base64 parts, each a roaring bitmap of its own.
+fn deferred_parts(part: &Partition) -> Vec<String> {
+    use base64::Engine;
+    let encode = |set: &RoaringTreemap| {
+        let mut bytes = Vec::with_capacity(set.serialized_size());
+        set.serialize_into(&mut bytes)
+            .expect("writing to a Vec cannot fail");
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let mut parts = Vec::new();
+    let mut current = RoaringTreemap::new();
+    for o in part.deferred_offsets() {
+        if (o.is_multiple_of(1 << 16) || current.len().is_multiple_of(1 << 12))
+            && current.serialized_size() >= SNAP_DEFERRED_BYTES
+        {
+            parts.push(encode(&current));
+            current.clear();
+        }
+        current.try_push(o).expect("deferred offsets come in order");
+    }
+    if !current.is_empty() {
+        parts.push(encode(&current));
+    }
+    parts
+}
+
+fn decode_deferred(bits: &str) -> std::io::Result<RoaringTreemap> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(bits)
+        .map_err(std::io::Error::other)?;
+    RoaringTreemap::deserialize_from(&bytes[..])
 }
 
 /// Checkpoint parts stay well under the queue log's 64 KiB record limit.

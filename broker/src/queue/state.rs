@@ -7,10 +7,20 @@
 //! settled is an [`Entry`]. Offsets in `[floor, scan)` are all either settled or entries,
 //! so a record at or past `scan` that is neither is fresh: never leased, available at its
 //! delivery time. Memory is bounded by the entries (at most `2 × max_leased`: leased ones
-//! plus those waiting), since each gap between settled ranges holds at least one.
+//! plus those waiting) and the deferred set, since each gap between settled ranges holds
+//! at least one of either.
+//!
+//! A fresh record whose delivery time is far off is *deferred*: its timer goes to the delay
+//! store on disk (`delays.rs`) and its offset joins both `deferred` (a compressed bitmap,
+//! a bit or two per record) and the settled ranges, so the scan and the floor pass over it
+//! and later records flow. When its timer comes due it is taken out of both and becomes an
+//! entry waiting for its time. A settled range may therefore hold deferred offsets: an
+//! offset is settled when it is in a range and not deferred.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+use roaring::RoaringTreemap;
 
 /// A touched, unsettled record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +85,8 @@ pub struct Partition {
     /// leased), and the records waiting behind it.
     heads: HashMap<u64, u64>,
     blocked: HashMap<u64, BTreeSet<u64>>,
+    /// Deferred offsets (also inside settled ranges), whose timers are in the delay store.
+    deferred: RoaringTreemap,
 }
 
 impl Partition {
@@ -87,9 +99,35 @@ impl Partition {
         }
     }
 
-    /// Every offset below this is settled.
+    /// Every offset below this is settled or deferred (the floor a checkpoint records).
     pub fn floor(&self) -> u64 {
         self.floor
+    }
+
+    /// Every offset below this is settled (what `DescribeQueue` reports).
+    pub fn ack_floor(&self) -> u64 {
+        self.deferred
+            .min()
+            .map_or(self.floor, |d| d.min(self.floor))
+    }
+
+    /// Records deferred to the delay store.
+    pub fn deferred(&self) -> u64 {
+        self.deferred.len()
+    }
+
+    /// Whether `offset` is deferred: a timer in the delay store stands for it.
+    pub fn is_deferred(&self, offset: u64) -> bool {
+        self.deferred.contains(offset)
+    }
+
+    /// What the deferred set costs in memory, about (its serialized size).
+    pub fn deferred_bytes(&self) -> usize {
+        if self.deferred.is_empty() {
+            0
+        } else {
+            self.deferred.serialized_size()
+        }
     }
 
     /// Where a scan for fresh records resumes.
@@ -114,6 +152,11 @@ impl Partition {
     }
 
     pub fn is_settled(&self, offset: u64) -> bool {
+        self.in_ranges(offset) && !self.deferred.contains(offset)
+    }
+
+    /// Below the floor or in a settled range: settled or deferred.
+    fn in_ranges(&self, offset: u64) -> bool {
         offset < self.floor
             || self
                 .settled
@@ -122,7 +165,7 @@ impl Partition {
                 .is_some_and(|(_, end)| offset < *end)
     }
 
-    /// Settled offsets in `[floor, end)`.
+    /// Settled or deferred offsets in `[floor, end)`.
     pub fn settled_below(&self, end: u64) -> u64 {
         self.settled
             .iter()
@@ -133,7 +176,46 @@ impl Partition {
 
     /// Whether `offset` is neither settled nor tracked: a fresh record.
     pub fn is_fresh(&self, offset: u64) -> bool {
-        !self.is_settled(offset) && !self.entries.contains_key(&offset)
+        !self.in_ranges(offset) && !self.entries.contains_key(&offset)
+    }
+
+    /// Defers a fresh record: its timer is (being made) durable in the delay store.
+    pub fn defer(&mut self, offset: u64) {
+        debug_assert!(self.is_fresh(offset));
+        self.deferred.insert(offset);
+        self.add_range(offset);
+    }
+
+    /// A deferred record's timer came due: it becomes a fresh record waiting for `at_ms`
+    /// (or for its key). False (and nothing changes) when it is not deferred any more: a
+    /// timer written twice, or one whose record retention removed.
+    pub fn undefer(&mut self, offset: u64, at_ms: i64) -> bool {
+        if !self.deferred.contains(offset) {
+            return false;
+        }
+        self.track_fresh(offset, State::Waiting { at_ms }, None);
+        true
+    }
+
+    /// Restores deferred offsets from a checkpoint (its ranges already hold them).
+    pub fn restore_deferred(&mut self, deferred: RoaringTreemap) {
+        self.deferred |= deferred;
+    }
+
+    /// The deferred offsets, in order (for a checkpoint).
+    pub fn deferred_offsets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.deferred.iter()
+    }
+
+    /// Moves the scan past a settled range it stands in (deferred runs are ranges too, so
+    /// a restart's scan passes millions of deferred records at once) and returns it.
+    pub fn skip_settled(&mut self) -> u64 {
+        if let Some((_, &end)) = self.settled.range(..=self.scan).next_back()
+            && self.scan < end
+        {
+            self.scan = end;
+        }
+        self.scan
     }
 
     /// The scan has looked at everything below `offset`.
@@ -215,6 +297,9 @@ impl Partition {
     }
 
     fn set(&mut self, offset: u64, entry: Entry) {
+        if self.deferred.remove(offset) {
+            self.unrange(offset);
+        }
         if let Some(k) = entry.key {
             if matches!(entry.state, State::Blocked { .. }) {
                 self.blocked.entry(k).or_default().insert(offset);
@@ -296,6 +381,10 @@ impl Partition {
         if self.is_settled(offset) {
             return false;
         }
+        if self.deferred.remove(offset) {
+            // In a range already.
+            return true;
+        }
         if let Some(e) = self.entries.remove(&offset) {
             if matches!(e.state, State::Leased { .. }) {
                 self.leased -= 1;
@@ -305,6 +394,12 @@ impl Partition {
                 self.next_head(k, offset);
             }
         }
+        self.add_range(offset);
+        true
+    }
+
+    /// Adds `offset` (not in a range) to the settled ranges, merging neighbours.
+    fn add_range(&mut self, offset: u64) {
         let mut start = offset;
         let mut end = offset + 1;
         if let Some((&s, &e)) = self.settled.range(..offset).next_back()
@@ -318,7 +413,29 @@ impl Partition {
         }
         self.settled.insert(start, end);
         self.advance_floor();
-        true
+    }
+
+    /// Takes `offset` (in a range or below the floor) out of the settled ranges.
+    fn unrange(&mut self, offset: u64) {
+        if offset < self.floor {
+            // Everything in (offset, floor) stays settled or deferred.
+            if offset + 1 < self.floor {
+                self.settled.insert(offset + 1, self.floor);
+            }
+            self.floor = offset;
+            return;
+        }
+        if let Some((&s, &e)) = self.settled.range(..=offset).next_back()
+            && offset < e
+        {
+            self.settled.remove(&s);
+            if s < offset {
+                self.settled.insert(s, offset);
+            }
+            if offset + 1 < e {
+                self.settled.insert(offset + 1, e);
+            }
+        }
     }
 
     /// The settled ranges above the floor, for a checkpoint.
@@ -344,10 +461,12 @@ impl Partition {
     /// Retention removed every record below `start`: whatever of them was unsettled is
     /// gone. Returns how many unsettled records that was.
     pub fn drop_below(&mut self, start: u64) -> u64 {
+        // Deferred offsets are in the ranges (or below the floor), counted as unsettled here.
+        let deferred = self.deferred.remove_range(..start);
         if start <= self.floor {
-            return 0;
+            return deferred;
         }
-        let unsettled = start - self.floor - self.settled_below(start);
+        let unsettled = start - self.floor - self.settled_below(start) + deferred;
         let kept = self.entries.split_off(&start);
         for e in std::mem::replace(&mut self.entries, kept).into_values() {
             if matches!(e.state, State::Leased { .. }) {
@@ -502,5 +621,60 @@ mod tests {
     fn a_lease_end_retries_with_backoff_until_the_last_attempt() {
         assert_eq!(after_lease(1, 1_000, 5, 250), AfterLease::RetryAt(1_250));
         assert_eq!(after_lease(5, 1_000, 5, 250), AfterLease::DeadLetter);
+    }
+
+    #[test]
+    fn deferred_records_let_the_floor_pass_and_come_back_as_waiting_entries() {
+        let mut p = Partition::new(0);
+        for o in 0..5 {
+            p.defer(o);
+        }
+        p.settle(5);
+        p.scanned_to(6);
+        // The ranges pass over them, the reported floor does not.
+        assert_eq!((p.floor(), p.ack_floor(), p.deferred()), (6, 0, 5));
+        assert!(!p.is_settled(3) && !p.is_fresh(3) && p.is_deferred(3));
+        assert!(p.undefer(3, 77));
+        assert!(
+            !p.undefer(3, 77),
+            "a second timer for the same record is stale"
+        );
+        assert_eq!(p.entry(3).unwrap().state, State::Waiting { at_ms: 77 });
+        assert_eq!((p.floor(), p.ack_floor(), p.deferred()), (3, 0, 4));
+        // Leased, then acked: settled for good, the floor comes back up.
+        p.grant(3, 1_000, 100, who(), None);
+        p.settle(3);
+        assert!(p.is_settled(3));
+        assert_eq!(p.floor(), 6);
+        for o in [0, 1, 2, 4] {
+            assert!(p.undefer(o, 1));
+            p.grant(o, 1_000, 100, who(), None);
+            p.settle(o);
+        }
+        assert_eq!((p.floor(), p.ack_floor(), p.deferred()), (6, 6, 0));
+        assert!(p.settled.is_empty());
+    }
+
+    #[test]
+    fn a_deferred_record_in_the_middle_of_a_range_splits_it_and_retention_counts_it() {
+        let mut p = Partition::new(0);
+        p.grant(0, 1_000, 100, who(), None);
+        for o in 1..10 {
+            if o == 5 {
+                p.defer(o);
+            } else {
+                p.settle(o);
+            }
+        }
+        assert_eq!(p.settled.len(), 1);
+        assert!(p.undefer(5, 9));
+        assert_eq!(p.settled.len(), 2, "{:?}", p.settled);
+        assert!(p.is_settled(4) && p.is_settled(6) && !p.is_settled(5));
+        p.set_state(5, State::Waiting { at_ms: 9 });
+        p.defer(10);
+        p.scanned_to(11);
+        // Retention removes 0..11: 0 (leased), 5 (waiting) and 10 (deferred) were unsettled.
+        assert_eq!(p.drop_below(11), 3);
+        assert_eq!((p.deferred(), p.tracked(), p.ack_floor()), (0, 0, 11));
     }
 }

@@ -101,6 +101,20 @@ pub enum Event {
         p: u32,
         o: u64,
     },
+    /// Records deferred to the delay store (their timers already durable there): offset
+    /// ranges, each `[start, end)`.
+    Deferred {
+        id: u64,
+        p: u32,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Part of a checkpoint's deferred set of partition `p` (after its `Snapshot` parts): a
+    /// serialized roaring bitmap of offsets, base64 (standard alphabet, padded).
+    SnapshotDeferred {
+        id: u64,
+        p: u32,
+        bits: String,
+    },
     /// Part of a checkpoint of partition `p` (after the queue's `Create` in the same
     /// checkpoint): the first part (`reset`) starts the partition afresh at `floor`.
     Snapshot {
@@ -122,7 +136,7 @@ pub struct Grant(pub u64, pub u32, pub Option<u64>);
 
 /// The most leases or acks one coalesced event holds: an event stays far below the queue
 /// log's 64 KiB record limit.
-const COALESCE_MAX: usize = 1_000;
+pub(super) const COALESCE_MAX: usize = 1_000;
 
 /// `events` with each run of `Lease` events of one queue, partition and expiry made one
 /// `Leases`, and each run of `Ack` events of one queue and partition one `Acks` (at most
@@ -226,6 +240,8 @@ impl Event {
             | Event::Extend { id, .. }
             | Event::DeadLetter { id, .. }
             | Event::DeadLettered { id, .. }
+            | Event::Deferred { id, .. }
+            | Event::SnapshotDeferred { id, .. }
             | Event::Snapshot { id, .. } => *id,
         }
     }

@@ -1,5 +1,6 @@
 //! Queue state survives kill -9: acks, attempt counts and leases.
 
+use spool_broker::now_ms;
 use spool_proto::v1::*;
 
 use crate::common::*;
@@ -44,4 +45,71 @@ async fn acks_attempts_and_leases_survive_kill_9() {
     ack_all(&mut c, "jobs", "q", &ds[3..]).await;
     let q = describe_queue(&mut c, "jobs", "q").await;
     assert_eq!((q.acked_total, q.partitions[0].ack_floor), (4, 4));
+}
+
+#[tokio::test]
+async fn records_due_far_ahead_wait_on_disk_across_kill_9_and_come_no_earlier_than_their_time() {
+    let mut b = Broker::start();
+    let mut c = b.client().await;
+    create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
+    let at = now_ms() + 6_000;
+    let delayed: Vec<Record> = (0..200)
+        .map(|i| Record {
+            value: format!("later-{i}").into(),
+            deliver_at_ms: at,
+            ..Record::default()
+        })
+        .collect();
+    append(&mut c, "jobs", 0, delayed).await;
+    append(&mut c, "jobs", 0, recs("now", 0..3)).await;
+    // max_leased 10: a partition tracks 20 records in memory, far fewer than are delayed.
+    let config = QueueConfig {
+        max_leased: 10,
+        ..fast(60_000, 5)
+    };
+    create_queue(&mut c, "jobs", "q", config).await;
+    let first = receive_n(&mut c, "jobs", "q", 3).await;
+    let mut got: Vec<String> = first
+        .iter()
+        .map(|d| value(d.record.as_ref().unwrap()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["now-0", "now-1", "now-2"],
+        "held up behind the delayed records"
+    );
+    ack_all(&mut c, "jobs", "q", &first).await;
+    assert_eq!(describe_queue(&mut c, "jobs", "q").await.delayed, 200);
+    b.kill().await;
+    b.restart();
+    let mut c = b.client().await;
+    // Known as delayed before any look reads the log again.
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert!(now_ms() < at, "the restart took too long for this test");
+    assert_eq!((q.delayed, q.ready), (200, 0));
+    let mut seen = std::collections::BTreeSet::new();
+    within("the delayed records", async {
+        while seen.len() < 200 {
+            let ds = receive(&mut c, "jobs", "q", 100, 1_000).await;
+            for d in &ds {
+                // Leased at lease_expires_ms − lease_ms, by the broker's clock.
+                let leased_at = d.lease_expires_ms - 60_000;
+                assert!(leased_at >= at, "delivered {} ms early", at - leased_at);
+                assert_eq!(d.attempt, 1);
+                assert!(
+                    seen.insert(offset(d)),
+                    "offset {} delivered twice",
+                    offset(d)
+                );
+            }
+            ack_all(&mut c, "jobs", "q", &ds).await;
+        }
+    })
+    .await;
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!(
+        (q.delayed, q.acked_total, q.partitions[0].ack_floor),
+        (0, 203, 203)
+    );
 }
