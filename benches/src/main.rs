@@ -7,6 +7,8 @@
 //! spool-bench lowload [--rate N] [--duration SECS] [--fsync always|interval|never] [--json]
 //! spool-bench queue [--target spool|nats|redis] [--consumers N] [--partitions N]
 //!     [--count N] [--message-size BYTES] [--fsync always|interval|never] [--json]
+//! spool-bench delayed [--count N] [--spread SECS] [--message-size BYTES] [--consumers N]
+//!     [--restart] [--json]
 //! spool-bench produce|consume|e2e [--target spool|nats|redis] [--server URL]
 //!     [--producers N] [--consumers N] [--partitions N] [--message-size BYTES]
 //!     [--batch-size N] [--linger-ms N] [--fsync always|interval|never]
@@ -22,6 +24,8 @@
 //! - `lowload`: see [`lowload`]: one durable unary append at a time beside the disk's own
 //!   `pwrite` + `fdatasync`.
 //! - `queue`: see [`queue`]: workers acking a pre-filled queue record by record.
+//! - `delayed`: see [`delayed`]: millions of records due over minutes: broker memory and
+//!   delivery lateness.
 //! - `e2e`: consumers subscribed first; each payload carries its (intended) send time and
 //!   the latency is delivery time minus that.
 //! - `--rate` makes producers open-loop: message k of a producer is due at
@@ -39,6 +43,7 @@
 //! - `nats`: JetStream (async-nats): async publishes, pull consumers.
 //! - `redis`: Redis Streams (redis-rs): pipelined XADD, XREAD.
 
+mod delayed;
 mod fanout;
 mod lowload;
 mod nats;
@@ -70,6 +75,8 @@ enum ModeArg {
     Lowload,
     /// `--consumers` workers drain `--count` pre-filled records, acking each one.
     Queue,
+    /// `--count` records due over `--duration` seconds: broker memory and lateness.
+    Delayed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,6 +157,12 @@ struct Cli {
     /// Print exactly one JSON object on stdout (everything else goes to stderr).
     #[arg(long)]
     json: bool,
+    /// delayed: the records come due over this many seconds [default: 600].
+    #[arg(long)]
+    spread: Option<f64>,
+    /// delayed: kill -9 and restart the broker once every record is deferred.
+    #[arg(long)]
+    restart: bool,
     /// Also write the latency distribution (percentile, microseconds) as JSON to this file.
     #[arg(long)]
     latency_out: Option<std::path::PathBuf>,
@@ -200,6 +213,25 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             })?;
+            println!(
+                "{}",
+                if cli.json {
+                    r.json().to_string()
+                } else {
+                    r.text()
+                }
+            );
+            return Ok(());
+        }
+        ModeArg::Delayed => {
+            let shape = delayed::Shape {
+                count: cli.count.unwrap_or(10_000_000),
+                spread: Duration::from_secs_f64(cli.spread.unwrap_or(600.0)),
+                size: cli.message_size,
+                consumers: cli.consumers.max(1),
+                restart: cli.restart,
+            };
+            let r = runtime.block_on(delayed::run(&shape))?;
             println!(
                 "{}",
                 if cli.json {

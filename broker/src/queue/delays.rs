@@ -5,8 +5,8 @@
 //! Buckets form a hierarchical timing wheel per partition. A level-`l` bucket spans
 //! `1024 × 64^l` ms; a timer goes to the finest level whose next 64 buckets reach its time,
 //! so about 64 buckets per level are live whatever the delays (seven levels reach past
-//! 2,000 years). When the clock enters a coarser bucket, its timers are *cascaded* into finer
-//! ones; a level-0 bucket is *loaded* (its timers handed to the queue, which makes them
+//! 2,000 years). From 30 s before a coarser bucket starts, its timers are *cascaded* into
+//! finer ones, a chunk per look; a level-0 bucket is *loaded* (its timers handed to the queue, which makes them
 //! waiting entries) one bucket span before it starts. Loading is partial when the queue
 //! has no room: a cursor remembers how far it got.
 //!
@@ -58,11 +58,19 @@ fn place(at_ms: i64, now_ms: i64) -> (u32, i64) {
     (top, at_ms.div_euclid(width(top)))
 }
 
-/// When a bucket needs work: a coarse one is cascaded when the clock enters it, a level-0
-/// one is loaded one bucket span before it starts.
+/// How long before a coarse bucket starts its cascade into finer buckets begins (a chunk
+/// per look, so a bucket of millions of timers is moved before any of them is due).
+const CASCADE_AHEAD_MS: i64 = 30_000;
+
+/// When a bucket needs work: a coarse one is cascaded `CASCADE_AHEAD_MS` before it starts,
+/// a level-0 one is loaded one bucket span before it starts.
 fn action_ms(level: u32, slot: i64) -> i64 {
     let start = slot.saturating_mul(width(level));
-    if level == 0 { start - LEVEL0_MS } else { start }
+    if level == 0 {
+        start - LEVEL0_MS
+    } else {
+        start - CASCADE_AHEAD_MS
+    }
 }
 
 /// One bucket file.
@@ -74,7 +82,7 @@ struct FileKey {
     generation: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Cursor {
     /// Byte offset of the next chunk to read.
     chunk: u64,
@@ -274,38 +282,46 @@ impl DelayStore {
         max: usize,
         mut take: impl FnMut(u64, i64) -> bool,
     ) -> Result<usize> {
+        let due: Vec<FileKey> = self.files.get(&partition).map_or_else(Vec::new, |f| {
+            f.keys()
+                .take_while(|k| k.action_ms <= now_ms)
+                .cloned()
+                .collect()
+        });
         let mut taken = 0;
-        while taken < max {
-            let Some(files) = self.files.get_mut(&partition) else {
-                break;
-            };
-            let Some(mut entry) = files.first_entry() else {
-                break;
-            };
-            if entry.key().action_ms > now_ms {
+        let mut cascaded = false;
+        for key in due {
+            if taken >= max {
                 break;
             }
-            let key = entry.key().clone();
             let path = bucket_path(&self.dir, partition, &key);
-            if key.level > 0 {
-                files.remove(&key);
-                if let Err(e) = self.cascade(partition, &path, now_ms) {
-                    // Tried again at the next look (timers cascaded twice are harmless).
-                    let files = self.files.entry(partition).or_default();
-                    files.insert(key, Cursor::default());
-                    return Err(e);
+            let finished = if key.level > 0 {
+                // One chunk per look: a look under the queue's lock stays short, and the
+                // cascade starts early enough to finish before the bucket does.
+                if cascaded {
+                    continue;
                 }
-                continue;
-            }
-            let cursor = entry.get_mut();
-            let finished = read_from(&path, cursor, |o, at| {
-                let used = take(o, at);
-                taken += usize::from(used);
-                taken < max
-            })?;
+                cascaded = true;
+                self.cascade_chunk(partition, &key, &path, now_ms)?
+            } else {
+                let Some(cursor) = self.files.get_mut(&partition).and_then(|f| f.get_mut(&key))
+                else {
+                    continue;
+                };
+                read_from(&path, cursor, |o, at| {
+                    taken += usize::from(take(o, at));
+                    taken < max
+                })?
+            };
             if finished {
-                files.remove(&key);
-                self.loaded.push(path);
+                if let Some(files) = self.files.get_mut(&partition) {
+                    files.remove(&key);
+                }
+                if key.level > 0 {
+                    fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                } else {
+                    self.loaded.push(path);
+                }
             }
         }
         if self.files.get(&partition).is_some_and(BTreeMap::is_empty) {
@@ -314,28 +330,43 @@ impl DelayStore {
         Ok(taken)
     }
 
-    /// Moves a coarse bucket's timers into finer buckets, then deletes it.
-    fn cascade(&mut self, partition: u32, path: &Path, now_ms: i64) -> Result<()> {
-        let mut cursor = Cursor::default();
-        let mut moved = 0usize;
-        loop {
-            let mut batch = Vec::new();
-            let finished = read_from(path, &mut cursor, |o, at| {
-                batch.push((o, at));
-                batch.len() < CHUNK_TIMERS
-            })?;
-            moved += batch.len();
-            for (o, at) in batch {
-                self.defer(partition, o, at, now_ms);
-            }
-            self.flush()?;
-            if finished {
-                break;
-            }
+    /// Moves the next chunk of a coarse bucket's timers into finer buckets and fsyncs them;
+    /// true once the whole bucket is moved (the caller deletes it). After a failed write
+    /// the chunk is moved again later: timers moved twice are harmless.
+    fn cascade_chunk(
+        &mut self,
+        partition: u32,
+        key: &FileKey,
+        path: &Path,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let Some(at_start) = self.files.get(&partition).and_then(|f| f.get(key)).cloned() else {
+            return Ok(true);
+        };
+        let mut cursor = at_start.clone();
+        let mut batch = Vec::new();
+        let finished = read_from(path, &mut cursor, |o, at| {
+            batch.push((o, at));
+            batch.len() < CHUNK_TIMERS
+        })?;
+        let finer = key.level - 1;
+        for (o, at) in batch {
+            // Always a finer level, so a bucket is never cascaded into itself.
+            let (level, slot) = match place(at, now_ms) {
+                (l, s) if l <= finer => (l, s),
+                _ => (finer, at.div_euclid(width(finer))),
+            };
+            self.pending
+                .entry((partition, level, slot))
+                .or_default()
+                .push((o, at));
         }
-        fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
-        tracing::debug!(file = %path.display(), timers = moved, "cascaded a delay bucket");
-        Ok(())
+        let flushed = self.flush();
+        if let Some(c) = self.files.get_mut(&partition).and_then(|f| f.get_mut(key)) {
+            *c = if flushed.is_ok() { cursor } else { at_start };
+        }
+        flushed?;
+        Ok(finished)
     }
 
     /// The files wholly loaded so far: a checkpoint taken from now on no longer needs them.

@@ -26,6 +26,9 @@ const SCAN_BYTES: usize = 4 << 20;
 /// How many records one look scans per partition at most (deferred ones cost no memory, so
 /// the tracked bound alone would not end a scan through millions of them).
 const SCAN_BUDGET: usize = 20_000;
+/// Due records at most this far apart are read in one log read (see [`read_due`]); farther
+/// apart, a read of its own skips to each (a batch's records before it cost a length each).
+const READ_GAP: u64 = 8;
 
 pub struct Queue {
     pub id: u64,
@@ -282,8 +285,11 @@ impl Queue {
         if room > 0 {
             delays.take_due(p, now, room, |o, at| part.undefer(o, at))?;
         }
-        // Still due now means no room: a settlement wakes the queue.
-        if let Some(at) = delays.next_action_ms(p).filter(|at| *at > now) {
+        // Work still due now: look again at once if there is room (a cascade moves a chunk
+        // per look); without room a settlement wakes the queue.
+        let room = (2 * self.config.max_leased as usize).saturating_sub(part.tracked());
+        if let Some(at) = delays.next_action_ms(p).filter(|at| *at > now || room > 0) {
+            let at = at.max(now);
             out.next_due_ms = Some(out.next_due_ms.map_or(at, |d| d.min(at)));
         }
         Ok(())
@@ -606,10 +612,11 @@ impl Queue {
     }
 }
 
-/// The records at `offsets` (ascending), `None` for one retention removed: a run of
-/// consecutive offsets is one log read, so records due together (a delay bucket, a batch's
-/// retries) cost one decode of their batch, not one each. Stops once their keys and values
-/// reach `max_bytes` (past the first), so fewer may come back than asked.
+/// The records at `offsets` (ascending), `None` for one retention removed. A run of offsets
+/// at most `READ_GAP` apart is one log read, which decodes only the records it returns, so
+/// records due together (a batch's retries) cost one read and scattered ones (a delay
+/// bucket's) one short read each. Stops once their keys and values reach `max_bytes` (past the first), so fewer may
+/// come back than asked.
 fn read_due(
     log: &spool_storage::Log,
     offsets: &[u64],
@@ -619,27 +626,37 @@ fn read_due(
     let mut bytes = 0;
     let mut i = 0;
     while i < offsets.len() && (i == 0 || bytes < max_bytes) {
+        let first = offsets[i];
         let mut j = i + 1;
-        while j < offsets.len() && offsets[j] == offsets[j - 1] + 1 && j - i < SCAN_RECORDS {
+        while j < offsets.len()
+            && offsets[j] - offsets[j - 1] <= READ_GAP
+            && offsets[j] - first < SCAN_RECORDS as u64
+        {
             j += 1;
         }
-        let (first, n) = (offsets[i], (j - i) as u64);
-        let records = match log.read(first, j - i, SCAN_BYTES.min(max_bytes.max(1))) {
+        let span = (offsets[j - 1] - first + 1) as usize;
+        let records = match log.read(first, span, SCAN_BYTES) {
             Ok(r) => r,
             Err(spool_storage::Error::OffsetOutOfRange { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
+        let mut records = records.into_iter().filter(|r| r.offset >= first).peekable();
         let before = out.len();
-        for r in records {
-            if r.offset >= first
-                && r.offset < first + n
-                && r.offset == first + (out.len() - before) as u64
-            {
-                bytes += r.key.len() + r.value.len();
-                out.push(Some(r));
+        let mut covered = None;
+        for &o in &offsets[i..j] {
+            while records.next_if(|r| r.offset < o).is_some() {}
+            match records.next_if(|r| r.offset == o) {
+                Some(r) => {
+                    bytes += r.key.len() + r.value.len();
+                    covered = Some(o);
+                    out.push(Some(r));
+                }
+                // Past what this read returned (its byte bound): read again from `o`.
+                None if records.peek().is_none() => break,
+                None => out.push(None),
             }
         }
-        if out.len() == before {
+        if covered.is_none() && out.len() == before {
             // Nothing at `first`: retention removed it.
             out.push(None);
         }

@@ -54,7 +54,8 @@ impl Log {
                 match probe {
                     Probe::Batch(h) => {
                         if h.next_offset() > next {
-                            let records = decode(&seg, &data, pos, h)?;
+                            let want = max_records.saturating_sub(out.len());
+                            let records = decode(&seg, &data, pos, h, next, want)?;
                             for r in records {
                                 if r.offset < next {
                                     continue;
@@ -143,7 +144,7 @@ impl Log {
                     }
                 };
                 if h.max_timestamp_ms >= ts {
-                    let records = decode(&seg, &data, pos, h)?;
+                    let records = decode(&seg, &data, pos, h, 0, usize::MAX)?;
                     if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts) {
                         return Ok(r.offset.min(end));
                     }
@@ -163,12 +164,14 @@ fn decode(
     data: &bytes::Bytes,
     pos: usize,
     h: batch::BatchHeader,
+    first: u64,
+    max: usize,
 ) -> Result<Vec<StoredRecord>> {
     let batch = Batch {
         header: h,
         bytes: data.slice(pos..pos + h.total_len),
     };
-    batch.records().map_err(|e| Error::Corrupt {
+    batch.records_from(first, max).map_err(|e| Error::Corrupt {
         path: seg.log_path.clone(),
         position: pos as u64,
         offsets: Some(h.base_offset..h.next_offset()),
