@@ -46,6 +46,9 @@ pub struct DelayedRun {
     pub anon_before_kib: u64,
     pub rss_peak_kib: u64,
     pub anon_peak_kib: u64,
+    /// Peak `RssAnon` after the restart: what serving the delayed records costs, without
+    /// what producing them left in the heap.
+    pub anon_after_restart_kib: Option<u64>,
     pub restart_s: Option<f64>,
     pub early: u64,
     pub late_ms: Histogram<u64>,
@@ -54,9 +57,13 @@ pub struct DelayedRun {
 impl DelayedRun {
     pub fn text(&self) -> String {
         let q = |p: f64| self.late_ms.value_at_quantile(p);
-        let restart = self
-            .restart_s
-            .map_or(String::new(), |s| format!("; kill -9 + restart {s:.2} s"));
+        let restart = match (self.restart_s, self.anon_after_restart_kib) {
+            (Some(s), Some(a)) => format!(
+                "; kill -9 + restart {s:.2} s, then RssAnon peak {} MiB",
+                a / 1024
+            ),
+            _ => String::new(),
+        };
         format!(
             "delayed: {} records over {:.0} s (produced in {:.1} s); broker RssAnon {} MiB before, peak {} MiB (VmRSS {} → {} MiB){restart}; lateness p50 {} ms, p99 {} ms, max {} ms; {} early",
             self.count,
@@ -84,6 +91,7 @@ impl DelayedRun {
             "rss_peak_kib": self.rss_peak_kib,
             "anon_peak_kib": self.anon_peak_kib,
             "restart_s": self.restart_s,
+            "anon_after_restart_kib": self.anon_after_restart_kib,
             "early": self.early,
             "late_p50_ms": self.late_ms.value_at_quantile(0.5),
             "late_p99_ms": self.late_ms.value_at_quantile(0.99),
@@ -146,7 +154,8 @@ pub async fn run(shape: &Shape) -> anyhow::Result<DelayedRun> {
             tokio::spawn(async move { worker(topic, w, shared).await })
         })
         .collect();
-    let peak = Arc::new(StdMutex::new((rss_before_kib, anon_before_kib)));
+    // (VmRSS, RssAnon) peaks overall, and RssAnon's since the restart.
+    let peak = Arc::new(StdMutex::new((rss_before_kib, anon_before_kib, 0u64)));
     let pid = Arc::new(std::sync::atomic::AtomicU32::new(spoold.pid()));
     let sampler = {
         let (peak, pid, done) = (Arc::clone(&peak), Arc::clone(&pid), shared.done.clone());
@@ -155,7 +164,7 @@ pub async fn run(shape: &Shape) -> anyhow::Result<DelayedRun> {
                 let pid = pid.load(std::sync::atomic::Ordering::Relaxed);
                 if let Ok((rss, anon)) = memory_of(pid) {
                     let mut p = peak.lock().expect("not poisoned");
-                    *p = (p.0.max(rss), p.1.max(anon));
+                    *p = (p.0.max(rss), p.1.max(anon), p.2.max(anon));
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -200,6 +209,7 @@ pub async fn run(shape: &Shape) -> anyhow::Result<DelayedRun> {
             spoold.start_again()
         })?;
         restart_s = Some(t.elapsed().as_secs_f64());
+        peak.lock().expect("not poisoned").2 = 0;
         pid.store(spoold.pid(), std::sync::atomic::Ordering::Relaxed);
         endpoint_tx.send_replace(spoold.endpoint().to_string());
         let c = Client::connect(spoold.endpoint()).await?;
@@ -218,7 +228,7 @@ pub async fn run(shape: &Shape) -> anyhow::Result<DelayedRun> {
         &mut *shared.late.lock().expect("not poisoned"),
         (Histogram::new(1)?, 0),
     );
-    let (rss_peak_kib, anon_peak_kib) = *peak.lock().expect("not poisoned");
+    let (rss_peak_kib, anon_peak_kib, after) = *peak.lock().expect("not poisoned");
     tokio::task::block_in_place(|| drop(spoold));
     Ok(DelayedRun {
         count: shape.count,
@@ -228,6 +238,7 @@ pub async fn run(shape: &Shape) -> anyhow::Result<DelayedRun> {
         anon_before_kib,
         rss_peak_kib,
         anon_peak_kib,
+        anon_after_restart_kib: restart_s.map(|_| after),
         restart_s,
         early,
         late_ms,
