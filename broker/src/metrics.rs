@@ -387,12 +387,17 @@ pub async fn serve(
         get(move || {
             let inner = Arc::clone(&inner);
             async move {
+                // Rendering reads a record per queue partition (queue ages): not on the
+                // async runtime.
+                let body = tokio::task::spawn_blocking(move || inner.metrics.render(&inner))
+                    .await
+                    .unwrap_or_else(|e| format!("# rendering metrics failed: {e}\n"));
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    inner.metrics.render(&inner),
+                    body,
                 )
             }
         }),

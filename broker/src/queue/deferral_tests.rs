@@ -35,6 +35,12 @@ fn append(topic: &Topic, n: usize, deliver_at_ms: i64) {
     }
 }
 
+/// Topic `t`, one partition.
+fn topic_t(registry: &Registry) -> Arc<Topic> {
+    let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
+    registry.create("t", 1, settings).unwrap()
+}
+
 fn create(registry: &Registry, queues: &Queues, max_leased: u32) -> Arc<Queue> {
     let req = v1::CreateQueueRequest {
         topic: "t".into(),
@@ -95,8 +101,7 @@ fn a_restart_finds_again_the_records_that_waited_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (_s, registry, queues) = open(dir.path());
-        let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
-        let topic = registry.create("t", 1, settings).unwrap();
+        let topic = topic_t(&registry);
         // Offset 0 is due in a second (too soon to defer: it waits in memory), 1 at once.
         append(&topic, 1, NOW + 1_000);
         append(&topic, 1, 0);
@@ -115,8 +120,7 @@ fn far_delayed_records_do_not_hold_up_later_ones_and_stay_deferred_across_a_rest
     let at = NOW + 60_000;
     {
         let (_s, registry, queues) = open(dir.path());
-        let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
-        let topic = registry.create("t", 1, settings).unwrap();
+        let topic = topic_t(&registry);
         // Far more delayed records than a partition tracks in memory (2 × max_leased).
         append(&topic, 1_000, at);
         append(&topic, 5, 0);
@@ -154,8 +158,7 @@ fn a_checkpoint_keeps_a_large_deferred_set_in_parts_and_drops_loaded_buckets() {
     let n = 250_000;
     {
         let (_s, registry, queues) = open(dir.path());
-        let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
-        let topic = registry.create("t", 1, settings).unwrap();
+        let topic = topic_t(&registry);
         append(&topic, n, at);
         let q = create(&registry, &queues, 10_000);
         let mut looks = 0;
@@ -211,4 +214,23 @@ fn walk(dir: &std::path::Path) -> usize {
             })
             .sum()
     })
+}
+
+#[test]
+fn records_never_leased_count_in_the_oldest_ready_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, registry, queues) = open(dir.path());
+    let topic = topic_t(&registry);
+    // Timestamped NOW − 1 s, never looked at by any worker.
+    append(&topic, 3, 0);
+    let q = create(&registry, &queues, 0);
+    let info = q.info(Some(&topic), NOW + 4_000);
+    assert_eq!((info.ready, info.oldest_ready_age_ms), (3, 5_000));
+    // Records due later are not ready, so they are no age.
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, registry, queues) = open(dir.path());
+    let topic = topic_t(&registry);
+    append(&topic, 1, NOW + 60_000);
+    let q = create(&registry, &queues, 0);
+    assert_eq!(q.info(Some(&topic), NOW).oldest_ready_age_ms, 0);
 }

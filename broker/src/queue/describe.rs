@@ -46,6 +46,8 @@ fn pause_reason(q: &Queue, st: &QueueState) -> String {
 
 impl Queue {
     /// The queue's config, start, counts and partitions, for `DescribeQueue`.
+    /// Blocking: reads the first never-touched record of each partition (its age counts in
+    /// `oldest_ready_age_ms`).
     pub fn info(&self, topic: Option<&Topic>, now: i64) -> v1::QueueInfo {
         let st = self.state.lock();
         let mut info = v1::QueueInfo {
@@ -107,6 +109,21 @@ impl Queue {
                 .saturating_sub(part.settled_below(end))
                 .saturating_sub(tracked);
             info.ready += untouched;
+            // The oldest of those has waited since its timestamp (or its delivery time).
+            if untouched > 0
+                && let Some(log) = topic.and_then(|t| t.partitions.get(i)).map(|p| &p.log)
+                && let Some(o) = part.first_fresh(end)
+                && let Ok(Some(r)) = super::leasing::read_one(log, o)
+            {
+                let r = crate::service::convert::to_proto(r);
+                let at = r.deliver_at_ms.max(
+                    r.timestamp_ms
+                        .saturating_add(self.config.delivery_delay_ms as i64),
+                );
+                if at <= now {
+                    oldest_ready = Some(oldest_ready.map_or(at, |t| t.min(at)));
+                }
+            }
             info.leased += leased;
             info.partitions.push(v1::QueuePartition {
                 partition: i as u32,

@@ -218,6 +218,27 @@ impl Partition {
         self.scan
     }
 
+    /// The first fresh record below `end`, looking at most 1,000 offsets past the settled
+    /// runs after the scan (entries restored by a restart may sit there).
+    pub fn first_fresh(&self, end: u64) -> Option<u64> {
+        let mut o = self.scan;
+        for _ in 0..1_000 {
+            if let Some((_, &e)) = self.settled.range(..=o).next_back()
+                && o < e
+            {
+                o = e;
+            }
+            if o >= end {
+                return None;
+            }
+            if !self.entries.contains_key(&o) && !self.in_ranges(o) {
+                return Some(o);
+            }
+            o += 1;
+        }
+        None
+    }
+
     /// The scan has looked at everything below `offset`.
     pub fn scanned_to(&mut self, offset: u64) {
         self.scan = self.scan.max(offset);

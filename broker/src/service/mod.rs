@@ -290,11 +290,9 @@ impl Broker for BrokerService {
         req: Request<ListQueuesRequest>,
     ) -> Result<Response<ListQueuesResponse>, Status> {
         let who = principal_of(&req);
-        Ok(Response::new(queues::list(
-            &self.inner,
-            &who,
-            req.into_inner(),
-        )?))
+        Ok(Response::new(
+            queues::list(&self.inner, &who, req.into_inner()).await?,
+        ))
     }
 
     async fn describe_queue(
@@ -302,11 +300,9 @@ impl Broker for BrokerService {
         req: Request<DescribeQueueRequest>,
     ) -> Result<Response<DescribeQueueResponse>, Status> {
         let who = principal_of(&req);
-        Ok(Response::new(queues::describe(
-            &self.inner,
-            &who,
-            req.into_inner(),
-        )?))
+        Ok(Response::new(
+            queues::describe(&self.inner, &who, req.into_inner()).await?,
+        ))
     }
 
     async fn receive(

@@ -64,27 +64,33 @@ pub async fn delete(
     Ok(DeleteQueueResponse {})
 }
 
-pub fn list(inner: &Inner, who: &Principal, req: ListQueuesRequest) -> Result<ListQueuesResponse> {
+pub async fn list(
+    inner: &Arc<Inner>,
+    who: &Principal,
+    req: ListQueuesRequest,
+) -> Result<ListQueuesResponse> {
     if !req.topic.is_empty() {
         validate_name("topic", &req.topic)?;
     }
     let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
-    let queues = inner
+    let shown: Vec<Arc<Queue>> = inner
         .queues
         .list(topic)
-        .iter()
+        .into_iter()
         .filter(|q| {
             inner
                 .auth
                 .allows(who, Op::Describe, Resource::Queue(&q.name))
         })
-        .map(|q| info(inner, q))
         .collect();
+    let i = Arc::clone(inner);
+    let queues =
+        tokio::task::spawn_blocking(move || shown.iter().map(|q| info(&i, q)).collect()).await?;
     Ok(ListQueuesResponse { queues })
 }
 
-pub fn describe(
-    inner: &Inner,
+pub async fn describe(
+    inner: &Arc<Inner>,
     who: &Principal,
     req: DescribeQueueRequest,
 ) -> Result<DescribeQueueResponse> {
@@ -93,11 +99,12 @@ pub fn describe(
         .auth
         .check(who, Op::Describe, Resource::Queue(&req.queue))?;
     let q = inner.queues.get(&req.topic, &req.queue)?;
-    Ok(DescribeQueueResponse {
-        queue: Some(info(inner, &q)),
-    })
+    let i = Arc::clone(inner);
+    let queue = tokio::task::spawn_blocking(move || info(&i, &q)).await?;
+    Ok(DescribeQueueResponse { queue: Some(queue) })
 }
 
+/// Blocking (see [`Queue::info`]).
 fn info(inner: &Inner, q: &Queue) -> QueueInfo {
     let topic = inner.registry.get(&q.topic).ok();
     q.info(topic.as_deref(), crate::now_ms())
