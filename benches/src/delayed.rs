@@ -1,7 +1,7 @@
 //! `spool-bench delayed`: delayed delivery at scale. `--count` records (default 10 million)
 //! of `--message-size` bytes are produced, each due at a pseudo-random time spread over
 //! `--spread` seconds (default 600) that start 60 s after production begins, while
-//! `--consumers` workers hold `Work` streams on a queue over them and ack each delivery.
+//! `--consumers` workers hold `Work` streams (1,000 leases outstanding each) on a queue over them and ack each delivery.
 //!
 //! Reported: the broker's memory (`VmRSS`, `RssAnon`) before producing and its peak
 //! while records wait; how late deliveries were (the lease's grant time by the broker's
@@ -15,10 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use spool_client::v1::{
-    QueueConfig, SettleAction, SettleRequest, SettleResult, Settlement, TopicConfig, WorkRequest,
-    WorkStart, work_request, work_response,
-};
+use spool_client::v1::{QueueConfig, TopicConfig, work_response};
 use spool_client::{Client, Producer, ProducerOptions, ProducerRecord};
 use std::sync::Mutex as StdMutex;
 use tokio::sync::watch;
@@ -28,7 +25,6 @@ use crate::spool::Spoold;
 
 const LEASE_MS: u32 = 30_000;
 const LEAD_MS: i64 = 60_000;
-const OUTSTANDING: u32 = 1_000;
 
 pub struct Shape {
     pub count: u64,
@@ -162,7 +158,7 @@ pub async fn run(shape: &Shape) -> anyhow::Result<DelayedRun> {
         tokio::spawn(async move {
             while !done.is_cancelled() {
                 let pid = pid.load(std::sync::atomic::Ordering::Relaxed);
-                if let Ok((rss, anon)) = memory_of(pid) {
+                if let Ok((rss, anon)) = crate::spool::memory_of(pid) {
                     let mut p = peak.lock().expect("not poisoned");
                     *p = (p.0.max(rss), p.1.max(anon), p.2.max(anon));
                 }
@@ -245,18 +241,6 @@ pub async fn run(shape: &Shape) -> anyhow::Result<DelayedRun> {
     })
 }
 
-fn memory_of(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((kib("VmRSS:"), kib("RssAnon:")))
-}
-
 /// Holds a Work stream until every record is acked, reconnecting after a restart.
 async fn worker(topic: &str, w: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
     while !shared.done.is_cancelled() {
@@ -274,22 +258,7 @@ async fn worker(topic: &str, w: usize, shared: Arc<Shared>) -> anyhow::Result<()
 
 async fn stream(topic: &str, w: usize, shared: &Shared, endpoint: &str) -> anyhow::Result<()> {
     let client = Client::connect(endpoint).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(OUTSTANDING as usize + 16);
-    tx.send(WorkRequest {
-        kind: Some(work_request::Kind::Start(WorkStart {
-            topic: topic.into(),
-            queue: "bench".into(),
-            consumer: format!("w{w}"),
-            max_outstanding: OUTSTANDING,
-            lease_ms: 0,
-        })),
-    })
-    .await?;
-    let mut responses = client
-        .raw()
-        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let (tx, mut responses) = crate::queue::open_work(&client, topic, w).await?;
     loop {
         let msg = tokio::select! {
             m = responses.message() => m?,
@@ -309,29 +278,15 @@ async fn stream(topic: &str, w: usize, shared: &Shared, endpoint: &str) -> anyho
                         late.0.saturating_record(by.max(1) as u64);
                     }
                 }
-                let ack = Settlement {
-                    partition: d.partition,
-                    offset: record.offset,
-                    lease_id: d.lease_id,
-                    action: SettleAction::Ack as i32,
-                    delay_ms: None,
-                    reason: String::new(),
-                };
-                tx.send(WorkRequest {
-                    kind: Some(work_request::Kind::Settle(SettleRequest {
-                        topic: String::new(),
-                        queue: String::new(),
-                        settlements: vec![ack],
-                    })),
-                })
+                tx.send(crate::queue::ack_request(
+                    d.partition,
+                    record.offset,
+                    d.lease_id,
+                ))
                 .await?;
             }
             Some(work_response::Kind::Settled(s)) => {
-                let n = s
-                    .outcomes
-                    .iter()
-                    .filter(|o| o.result == SettleResult::Ok as i32)
-                    .count() as u64;
+                let n = crate::queue::acked(&s);
                 let total = shared
                     .acked
                     .fetch_add(n, std::sync::atomic::Ordering::AcqRel)

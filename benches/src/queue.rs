@@ -167,22 +167,7 @@ async fn spool_worker(
     w: usize,
     progress: Arc<Progress>,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(OUTSTANDING as usize + 16);
-    tx.send(WorkRequest {
-        kind: Some(work_request::Kind::Start(WorkStart {
-            topic,
-            queue: "bench".into(),
-            consumer: format!("w{w}"),
-            max_outstanding: OUTSTANDING,
-            lease_ms: 0,
-        })),
-    })
-    .await?;
-    let mut responses = client
-        .raw()
-        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let (tx, mut responses) = open_work(&client, &topic, w).await?;
     loop {
         let msg = tokio::select! {
             m = responses.message() => m?,
@@ -193,35 +178,70 @@ async fn spool_worker(
         };
         match msg.kind {
             Some(work_response::Kind::Delivery(d)) => {
-                let ack = Settlement {
-                    partition: d.partition,
-                    offset: d.record.map_or(0, |r| r.offset),
-                    lease_id: d.lease_id,
-                    action: SettleAction::Ack as i32,
-                    delay_ms: None,
-                    reason: String::new(),
-                };
-                let settle = SettleRequest {
-                    topic: String::new(),
-                    queue: String::new(),
-                    settlements: vec![ack],
-                };
-                tx.send(WorkRequest {
-                    kind: Some(work_request::Kind::Settle(settle)),
-                })
-                .await?;
+                let offset = d.record.map_or(0, |r| r.offset);
+                tx.send(ack_request(d.partition, offset, d.lease_id))
+                    .await?;
             }
-            Some(work_response::Kind::Settled(s)) => {
-                let ok = s
-                    .outcomes
-                    .iter()
-                    .filter(|o| o.result == SettleResult::Ok as i32)
-                    .count();
-                progress.add(ok as u64);
-            }
+            Some(work_response::Kind::Settled(s)) => progress.add(acked(&s)),
             None => {}
         }
     }
+}
+
+/// Opens a `Work` stream on queue `bench` of `topic` as worker `w` (up to `OUTSTANDING`
+/// leases): the sender for its settlements and its answers.
+pub async fn open_work(
+    client: &Client,
+    topic: &str,
+    w: usize,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<WorkRequest>,
+    tonic::Streaming<spool_client::v1::WorkResponse>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(OUTSTANDING as usize + 16);
+    tx.send(WorkRequest {
+        kind: Some(work_request::Kind::Start(WorkStart {
+            topic: topic.into(),
+            queue: "bench".into(),
+            consumer: format!("w{w}"),
+            max_outstanding: OUTSTANDING,
+            lease_ms: 0,
+        })),
+    })
+    .await?;
+    let responses = client
+        .raw()
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, responses))
+}
+
+/// A settle request acking one delivery, on the stream's own queue.
+pub fn ack_request(partition: u32, offset: u64, lease_id: u64) -> WorkRequest {
+    let ack = Settlement {
+        partition,
+        offset,
+        lease_id,
+        action: SettleAction::Ack as i32,
+        delay_ms: None,
+        reason: String::new(),
+    };
+    WorkRequest {
+        kind: Some(work_request::Kind::Settle(SettleRequest {
+            topic: String::new(),
+            queue: String::new(),
+            settlements: vec![ack],
+        })),
+    }
+}
+
+/// How many settlements of an answer counted.
+pub fn acked(s: &spool_client::v1::SettleResponse) -> u64 {
+    s.outcomes
+        .iter()
+        .filter(|o| o.result == SettleResult::Ok as i32)
+        .count() as u64
 }
 
 pub async fn nats(server: &str, shape: &Shape) -> anyhow::Result<QueueRun> {

@@ -68,15 +68,7 @@ impl Spoold {
 
     /// The broker's resident and anonymous memory (`VmRSS`, `RssAnon`), KiB.
     pub fn memory_kib(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let kib = |key: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((kib("VmRSS:"), kib("RssAnon:")))
+        memory_of(self.pid())
     }
 
     /// Stops it gracefully (SIGTERM) and waits for it to exit.
@@ -102,6 +94,19 @@ impl Spoold {
         self.endpoint = endpoint;
         Ok(())
     }
+}
+
+/// A process's resident and anonymous memory (`VmRSS`, `RssAnon`), KiB.
+pub fn memory_of(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((kib("VmRSS:"), kib("RssAnon:")))
 }
 
 /// Spawns `spoold` on `data` and waits (up to ten minutes: a big data directory recovers

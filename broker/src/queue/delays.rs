@@ -132,6 +132,9 @@ pub struct DelayStore {
     pending: HashMap<(u32, u32, i64), Vec<(u64, i64)>>,
     /// Files wholly loaded, deleted after the next checkpoint.
     loaded: Vec<PathBuf>,
+    /// Timers were queued or taken since [`DelayStore::take_changed`]: the deferred sets
+    /// changed and their memory must be counted again.
+    changed: bool,
 }
 
 impl DelayStore {
@@ -146,6 +149,7 @@ impl DelayStore {
             files: HashMap::new(),
             pending: HashMap::new(),
             loaded: Vec::new(),
+            changed: false,
         };
         let entries = match fs::read_dir(&store.dir) {
             Ok(e) => e,
@@ -167,6 +171,11 @@ impl DelayStore {
                 .insert(key, Cursor::default());
         }
         Ok(store)
+    }
+
+    /// Whether timers were queued or taken since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Whether the broker's deferred sets have reached their memory bound.
@@ -191,15 +200,12 @@ impl DelayStore {
     /// Queues a timer: record `offset` of `partition` is due at `at_ms`. Durable after the
     /// next [`DelayStore::flush`].
     pub fn defer(&mut self, partition: u32, offset: u64, at_ms: i64, now_ms: i64) {
+        self.changed = true;
         let (level, slot) = place(at_ms, now_ms);
         self.pending
             .entry((partition, level, slot))
             .or_default()
             .push((offset, at_ms));
-    }
-
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
     }
 
     /// The timers queued since the last flush, dropped (their records must not be
@@ -327,6 +333,7 @@ impl DelayStore {
         if self.files.get(&partition).is_some_and(BTreeMap::is_empty) {
             self.files.remove(&partition);
         }
+        self.changed |= taken > 0;
         Ok(taken)
     }
 
@@ -374,12 +381,14 @@ impl DelayStore {
         std::mem::take(&mut self.loaded)
     }
 
-    /// Timers on disk, in bucket files not yet loaded (for tests and metrics).
-    pub fn bucket_files(&self) -> usize {
+    /// Bucket files not yet wholly loaded.
+    #[cfg(test)]
+    fn bucket_files(&self) -> usize {
         self.files.values().map(BTreeMap::len).sum()
     }
 
-    pub fn dir(&self) -> &Path {
+    #[cfg(test)]
+    fn dir(&self) -> &Path {
         &self.dir
     }
 

@@ -304,16 +304,18 @@ impl Queue {
         mut deferred: Vec<(u32, u64)>,
         out: &mut Leased,
     ) {
-        if st.delays.has_pending() {
-            if let Err(e) = st.delays.flush() {
-                tracing::warn!(queue = %self.name, topic = %self.topic, error = %e, "writing delay timers failed: the records wait in memory");
-                for (p, o, at) in st.delays.take_pending() {
-                    if let Some(part) = st.partitions.get_mut(p as usize) {
-                        part.undefer(o, at);
-                    }
+        // Nothing to write is Ok at once.
+        if let Err(e) = st.delays.flush() {
+            tracing::warn!(queue = %self.name, topic = %self.topic, error = %e, "writing delay timers failed: the records wait in memory");
+            for (p, o, at) in st.delays.take_pending() {
+                if let Some(part) = st.partitions.get_mut(p as usize) {
+                    part.undefer(o, at);
                 }
-                deferred.clear();
             }
+            deferred.clear();
+        }
+        // Deferred sets grew (deferrals) or shrank (timers loaded): count them again.
+        if st.delays.take_changed() {
             let bytes = st.partitions.iter().map(Partition::deferred_bytes).sum();
             st.delays.account(bytes);
         }

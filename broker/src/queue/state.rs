@@ -210,12 +210,16 @@ impl Partition {
     /// Moves the scan past a settled range it stands in (deferred runs are ranges too, so
     /// a restart's scan passes millions of deferred records at once) and returns it.
     pub fn skip_settled(&mut self) -> u64 {
-        if let Some((_, &end)) = self.settled.range(..=self.scan).next_back()
-            && self.scan < end
-        {
-            self.scan = end;
-        }
+        self.scan = self.past_range(self.scan);
         self.scan
+    }
+
+    /// `offset`, or the end of the settled range it stands in.
+    fn past_range(&self, offset: u64) -> u64 {
+        match self.settled.range(..=offset).next_back() {
+            Some((_, &end)) if offset < end => end,
+            _ => offset,
+        }
     }
 
     /// The first fresh record below `end`, looking at most 1,000 offsets past the settled
@@ -223,11 +227,7 @@ impl Partition {
     pub fn first_fresh(&self, end: u64) -> Option<u64> {
         let mut o = self.scan;
         for _ in 0..1_000 {
-            if let Some((_, &e)) = self.settled.range(..=o).next_back()
-                && o < e
-            {
-                o = e;
-            }
+            o = self.past_range(o);
             if o >= end {
                 return None;
             }
