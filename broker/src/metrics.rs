@@ -59,6 +59,8 @@ struct QueueMetrics {
     acked: Family<QueueLabels, Counter>,
     redelivered: Family<QueueLabels, Counter>,
     dead_lettered: Family<QueueLabels, Counter>,
+    redriven: Family<QueueLabels, Counter>,
+    redrive_remaining: Family<QueueLabels, Gauge>,
 }
 
 /// Every metric the broker exports.
@@ -230,6 +232,16 @@ impl Default for Metrics {
             "Records of a queue dead-lettered",
             q.dead_lettered.clone(),
         );
+        registry.register(
+            "queue_redriven",
+            "Dead-lettered records of a queue made available again by redrives",
+            q.redriven.clone(),
+        );
+        registry.register(
+            "queue_redrive_remaining",
+            "Dead-letter records a running redrive of a queue has still to look at",
+            q.redrive_remaining.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -347,6 +359,8 @@ impl Metrics {
         m.acked.clear();
         m.redelivered.clear();
         m.dead_lettered.clear();
+        m.redriven.clear();
+        m.redrive_remaining.clear();
         let now = crate::now_ms();
         for q in inner.queues.list(None) {
             let topic = inner.registry.get(&q.topic).ok();
@@ -371,6 +385,12 @@ impl Metrics {
             m.dead_lettered
                 .get_or_create(&labels)
                 .inc_by(info.dead_lettered_total);
+            m.redriven
+                .get_or_create(&labels)
+                .inc_by(info.redriven_total);
+            m.redrive_remaining
+                .get_or_create(&labels)
+                .set(info.redrive_remaining as i64);
         }
     }
 }

@@ -410,6 +410,27 @@ impl Client {
             .ok_or_else(|| Error::InvalidArgument("the broker answered without a queue".into()))
     }
 
+    /// Starts (or extends) a redrive of a queue's dead letters up to its dead-letter
+    /// topic's end offset now, at up to `max_per_second` records a second (0 = the
+    /// broker's default). Returns the dead-letter offsets it covers; its progress shows in
+    /// `QueueInfo.redrive_remaining`. Safe to retry: a repeat covers the same letters.
+    pub async fn redrive_queue(
+        &self,
+        topic: &str,
+        queue: &str,
+        max_per_second: u32,
+    ) -> Result<RedriveQueueResponse> {
+        self.retrying(|mut c| {
+            let r = self.request(RedriveQueueRequest {
+                topic: topic.to_string(),
+                queue: queue.to_string(),
+                max_per_second,
+            });
+            async move { c.redrive_queue(r).await }
+        })
+        .await
+    }
+
     /// Leases records of a queue (a long poll of up to `request.wait_ms`). Not retried: a
     /// retry after a lost answer would lease other records while the first stay leased.
     pub async fn receive(&self, request: ReceiveRequest) -> Result<Vec<spool_proto::v1::Delivery>> {

@@ -81,6 +81,40 @@ async fn queue_work_acks_on_exit_0_retries_failures_and_dead_letters_them() {
         "{}",
         list.stdout
     );
+    // Redrive: "fail" comes back at its offset, attempts reset; the DLQ keeps its copy.
+    let redrive = spool(&ep, &["queue", "redrive", "jobs", "q", "--wait"])
+        .await
+        .ok();
+    assert!(
+        redrive
+            .stdout
+            .contains("redrive done: 1 records available again"),
+        "{}",
+        redrive.stdout
+    );
+    let again = spool(
+        &ep,
+        &[
+            "queue", "receive", "jobs", "q", "-n", "10", "--wait", "5s", "--json",
+        ],
+    )
+    .await
+    .ok();
+    assert_eq!(again.lines().len(), 1, "{}", again.stdout);
+    let delivery: serde_json::Value = serde_json::from_str(again.lines()[0]).unwrap();
+    assert_eq!(
+        (delivery["value"].as_str(), delivery["attempt"].as_u64()),
+        (Some("fail"), Some(1)),
+        "{delivery}"
+    );
+    let dlq = spool(&ep, &["consume", "jobs.q.dlq", "-n", "1"]).await.ok();
+    assert_eq!(dlq.lines(), vec!["fail"]);
+    let nothing = spool(&ep, &["queue", "redrive", "jobs", "q"]).await.ok();
+    assert!(
+        nothing.stdout.contains("(0 to look at)"),
+        "{}",
+        nothing.stdout
+    );
     spool(&ep, &["queue", "delete", "jobs", "q"]).await.ok();
     let gone = spool(&ep, &["queue", "describe", "jobs", "q"]).await;
     assert_eq!(gone.code, 1, "{}", gone.stderr);

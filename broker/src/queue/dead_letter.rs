@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::leasing::{Queue, read_one};
 use super::state::{AfterLease, State, after_lease};
 use super::store::Event;
-use super::{MAX_DELIVERIES_REASON, Queues};
+use super::{MAX_DELIVERIES_REASON, Queues, redrive};
 use crate::error::{Error, Result};
 use crate::registry::{Registry, Topic};
 
@@ -42,8 +42,8 @@ pub const COMPACT_RECORDS: u64 = 100_000;
 /// Sweeps between compaction checks (about ten seconds).
 const COMPACT_EVERY: u32 = 100;
 
-/// Runs until `shutdown`: dead-letters what is due, on the blocking pool, and now and then
-/// compacts the queue log.
+/// Runs until `shutdown`: dead-letters what is due and runs redrive steps, on the blocking
+/// pool, and now and then compacts the queue log.
 pub async fn run(queues: Arc<Queues>, registry: Arc<Registry>, shutdown: CancellationToken) {
     let mut sweeps = 0u32;
     loop {
@@ -62,9 +62,16 @@ pub async fn run(queues: Arc<Queues>, registry: Arc<Registry>, shutdown: Cancell
             () = shutdown.cancelled() => return,
         }
         let (q, r) = (Arc::clone(&queues), Arc::clone(&registry));
-        match tokio::task::spawn_blocking(move || sweep(&q, &r)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "dead-lettering failed; retrying"),
+        let done = tokio::task::spawn_blocking(move || (sweep(&q, &r), redrive::step_all(&q, &r)));
+        match done.await {
+            Ok((dead_lettered, redriven)) => {
+                if let Err(e) = dead_lettered {
+                    tracing::warn!(error = %e, "dead-lettering failed; retrying");
+                }
+                if let Err(e) = redriven {
+                    tracing::warn!(error = %e, "a redrive step failed; retrying");
+                }
+            }
             Err(e) => tracing::error!(error = %e, "dead-letter task panicked"),
         }
     }
@@ -200,7 +207,7 @@ fn already_written(log: &Log, from: u64, q: &Queue, p: u32, o: u64) -> Result<bo
     Ok(false)
 }
 
-fn header<'a>(r: &'a StoredRecord, key: &str) -> Option<&'a [u8]> {
+pub(super) fn header<'a>(r: &'a StoredRecord, key: &str) -> Option<&'a [u8]> {
     r.headers
         .iter()
         .rev()

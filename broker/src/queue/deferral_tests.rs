@@ -10,7 +10,7 @@ use spool_storage::ProducerStamp;
 use super::Queues;
 use super::leasing::{Limit, Queue};
 use super::store::Event;
-use super::tests::open;
+use super::tests::{open, settle_each};
 use crate::registry::{Registry, Topic};
 
 const NOW: i64 = 1_800_000_000_000;
@@ -78,18 +78,7 @@ fn drain(queues: &Queues, q: &Queue, topic: &Topic, now: i64) -> Vec<u64> {
         if leased.deliveries.is_empty() && leased.next_due_ms.is_none_or(|d| d > now) {
             return acked;
         }
-        let settlements: Vec<v1::Settlement> = leased
-            .deliveries
-            .iter()
-            .map(|d| v1::Settlement {
-                partition: d.partition,
-                offset: d.record.as_ref().unwrap().offset,
-                lease_id: d.lease_id,
-                action: v1::SettleAction::Ack as i32,
-                delay_ms: None,
-                reason: String::new(),
-            })
-            .collect();
+        let settlements = settle_each(&leased.deliveries, v1::SettleAction::Ack);
         acked.extend(settlements.iter().map(|s| s.offset));
         let (_, events) = q.settle(&settlements, now, 0);
         queues.persist(&events).unwrap();

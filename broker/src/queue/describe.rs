@@ -63,6 +63,8 @@ impl Queue {
             dead_lettered_total: st.dead_lettered_total,
             redelivered_total: st.redelivered_total,
             retention_dropped_total: st.retention_dropped_total,
+            redrive_remaining: st.redrive.remaining(),
+            redriven_total: st.redriven_total,
             paused: pause_reason(self, &st),
             ..v1::QueueInfo::default()
         };

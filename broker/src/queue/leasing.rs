@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::QueueConfig;
 use super::delays::{DEFER_MIN_MS, DelayStore};
+use super::redrive::Redrive;
 use super::state::{AfterLease, LeaseCheck, Partition, State, after_lease};
 use super::store::{Event, StartSpec};
 use crate::error::Result;
@@ -49,6 +50,9 @@ pub(super) struct QueueState {
     pub dead_lettered_total: u64,
     pub redelivered_total: u64,
     pub retention_dropped_total: u64,
+    pub redriven_total: u64,
+    /// Where redrives stand in the dead-letter topic.
+    pub redrive: Redrive,
     /// Consumer name → when it last received a lease (ms).
     pub consumers: HashMap<Arc<str>, i64>,
     /// Which partition the next lease looks at first, so none is starved.
@@ -117,6 +121,8 @@ impl Queue {
                 dead_lettered_total: 0,
                 redelivered_total: 0,
                 retention_dropped_total: 0,
+                redriven_total: 0,
+                redrive: Redrive::starting_at(0),
                 consumers: HashMap::new(),
                 next_partition: 0,
                 delays,
@@ -150,7 +156,7 @@ impl Queue {
     }
 
     /// The key a record is ordered by: its key's hash under key ordering, unless empty.
-    fn order_key(&self, key: &[u8]) -> Option<u64> {
+    pub(super) fn order_key(&self, key: &[u8]) -> Option<u64> {
         (self.config.ordering == super::config::Ordering::Key && !key.is_empty())
             .then(|| spool_proto::partitioning::fnv1a64(key))
     }

@@ -10,6 +10,7 @@
 //! - `store.rs`: the events on `internal/queues` that make every change durable.
 //! - `dead_letter.rs`: the task that writes dead letters and then settles their records.
 //! - `delays.rs`: timers of records due far ahead, on disk in time buckets.
+//! - `redrive.rs`: dead-lettered records made available again, at a bounded rate.
 //!
 //! Every change is durable before the request that made it is answered; the lock of a
 //! queue is never held across an `.await` or an fsync.
@@ -21,6 +22,7 @@ mod deferral_tests;
 pub mod delays;
 mod describe;
 pub mod leasing;
+pub mod redrive;
 mod replay;
 pub mod state;
 pub mod store;
@@ -39,6 +41,7 @@ use crate::registry::{Registry, Topic, validate_name};
 use config::QueueConfig;
 use delays::{DelayBudget, DelayStore};
 use leasing::Queue;
+use redrive::Redrive;
 use store::{Event, QueueLog, StartSpec};
 
 /// The `spool-dead-letter-reason` of a record whose last allowed lease ended unacked.
@@ -77,23 +80,20 @@ impl Queues {
                     config,
                     start,
                     floors,
+                    redrive_next,
                 } => {
                     // A checkpoint's Create replaces the queue: its snapshot follows.
-                    by_id.insert(
+                    let q = Arc::new(Queue::new(
                         *id,
-                        Arc::new(Queue::new(
-                            *id,
-                            topic.clone(),
-                            queue.clone(),
-                            config.clone(),
-                            start.clone(),
-                            floors,
-                            DelayStore::open(
-                                delay_dir(&delay_root, *id),
-                                Arc::clone(&delay_budget),
-                            )?,
-                        )),
-                    );
+                        topic.clone(),
+                        queue.clone(),
+                        config.clone(),
+                        start.clone(),
+                        floors,
+                        DelayStore::open(delay_dir(&delay_root, *id), Arc::clone(&delay_budget))?,
+                    ));
+                    q.state.lock().redrive = Redrive::starting_at(*redrive_next);
+                    by_id.insert(*id, q);
                 }
                 Event::Delete { id } => {
                     by_id.remove(id);
@@ -211,6 +211,12 @@ impl Queues {
             }
         }
         let (start, floors) = resolve_start(&topic, req.start.as_ref())?;
+        // Dead letters already there are not this queue's: a redrive starts past them.
+        let redrive_next = registry
+            .get(&config.dead_letter_topic)?
+            .partitions
+            .first()
+            .map_or(0, |p| p.log.end_offset());
         let id = new_id();
         let event = Event::Create {
             id,
@@ -219,6 +225,7 @@ impl Queues {
             config: config.clone(),
             start: start.clone(),
             floors: floors.clone(),
+            redrive_next,
         };
         self.log.append(std::slice::from_ref(&event))?;
         let q = Arc::new(Queue::new(
@@ -233,6 +240,7 @@ impl Queues {
                 Arc::clone(&self.delay_budget),
             )?,
         ));
+        q.state.lock().redrive = Redrive::starting_at(redrive_next);
         self.queues
             .write()
             .insert((req.topic.clone(), req.queue.clone()), Arc::clone(&q));
@@ -391,6 +399,53 @@ pub(crate) mod tests {
         (storage, registry, queues)
     }
 
+    /// A one-partition topic "t" of `n` records (timestamp 1) and queue "q" over it.
+    pub(crate) fn queue_over(
+        registry: &Registry,
+        queues: &Queues,
+        n: usize,
+        config: v1::QueueConfig,
+    ) -> (Arc<Topic>, Arc<Queue>) {
+        let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
+        let topic = registry.create("t", 1, settings).unwrap();
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                value: format!("v{i}").into(),
+                timestamp_ms: 1,
+                ..Record::default()
+            })
+            .collect();
+        topic.partitions[0]
+            .log
+            .append(&records, ProducerStamp::default())
+            .unwrap();
+        let req = v1::CreateQueueRequest {
+            topic: "t".into(),
+            queue: "q".into(),
+            config: Some(config),
+            start: None,
+        };
+        let q = queues.create(registry, &req).unwrap();
+        (topic, q)
+    }
+
+    /// One settlement per delivery, each `action`.
+    pub(crate) fn settle_each(
+        deliveries: &[v1::Delivery],
+        action: v1::SettleAction,
+    ) -> Vec<v1::Settlement> {
+        deliveries
+            .iter()
+            .map(|d| v1::Settlement {
+                partition: d.partition,
+                offset: d.record.as_ref().unwrap().offset,
+                lease_id: d.lease_id,
+                action: action as i32,
+                ..v1::Settlement::default()
+            })
+            .collect()
+    }
+
     /// The counts and positions a restart must keep.
     fn summary(q: &Queue, topic: &Topic) -> (u64, u64, u64, u64, Vec<u64>) {
         let i = q.info(Some(topic), 0);
@@ -484,31 +539,13 @@ pub(crate) mod tests {
     fn leases_that_expired_at_max_leased_are_granted_again() {
         let dir = tempfile::tempdir().unwrap();
         let (_storage, registry, queues) = open(dir.path());
-        let settings = registry.settings_for(&v1::TopicConfig::default()).unwrap();
-        let topic = registry.create("t", 1, settings).unwrap();
-        let records: Vec<Record> = (0..5)
-            .map(|_| Record {
-                value: "v".into(),
-                timestamp_ms: 1,
-                ..Record::default()
-            })
-            .collect();
-        topic.partitions[0]
-            .log
-            .append(&records, ProducerStamp::default())
-            .unwrap();
-        let req = v1::CreateQueueRequest {
-            topic: "t".into(),
-            queue: "q".into(),
-            config: Some(v1::QueueConfig {
-                max_leased: 2,
-                retry_backoff_min_ms: 10,
-                retry_backoff_max_ms: 10,
-                ..v1::QueueConfig::default()
-            }),
-            start: None,
+        let config = v1::QueueConfig {
+            max_leased: 2,
+            retry_backoff_min_ms: 10,
+            retry_backoff_max_ms: 10,
+            ..v1::QueueConfig::default()
         };
-        let q = queues.create(&registry, &req).unwrap();
+        let (topic, q) = queue_over(&registry, &queues, 5, config);
         let now = 1_000_000;
         let first = q
             .lease(&topic, Limit::records(10), 1_000, "w", now)

@@ -140,6 +140,7 @@ impl Queue {
                     st.dead_lettered_total = c.dead_lettered;
                     st.redelivered_total = c.redelivered;
                     st.retention_dropped_total = c.retention_dropped;
+                    st.redriven_total = c.redriven;
                 }
                 if let Some(part) = st.partitions.get_mut(*p as usize) {
                     if *reset {
@@ -172,6 +173,15 @@ impl Queue {
                     }
                 }
             }
+            Event::Redrive {
+                until, per_second, ..
+            } => st.redrive.ask(*until, *per_second),
+            Event::Redriven {
+                next,
+                at_ms,
+                records,
+                ..
+            } => st.apply_redriven(*next, *at_ms, records),
             Event::Create { .. } | Event::Delete { .. } => {}
         }
     }
@@ -188,13 +198,21 @@ impl Queue {
             config: self.config.clone(),
             start: self.start.clone(),
             floors: st.partitions.iter().map(Partition::floor).collect(),
+            redrive_next: st.redrive.next,
         }];
+        if st.redrive.remaining() > 0 {
+            events.push(Event::Redrive {
+                id: self.id,
+                until: st.redrive.until,
+                per_second: st.redrive.per_second,
+            });
+        }
         for (p, part) in st.partitions.iter().enumerate() {
             let settled: Vec<(u64, u64)> = part.settled_ranges().collect();
-            // Blocked records are not written: a scan after the restart finds them again.
+            // Blocked records are written too: a scan after the restart would find fresh
+            // ones again, but not those a redrive brought back below it.
             let entries: Vec<SnapEntry> = part
                 .entries()
-                .filter(|(_, e)| !matches!(e.state, State::Blocked { .. }))
                 .map(|(o, e)| {
                     let (state, at_ms, lease_ms, reason, dlq_from) = match &e.state {
                         State::Waiting { at_ms } => ("waiting", *at_ms, 0, String::new(), 0),
@@ -206,7 +224,7 @@ impl Queue {
                         State::DeadLettering { reason, dlq_from } => {
                             ("dead_lettering", 0, 0, reason.clone(), *dlq_from)
                         }
-                        State::Blocked { .. } => unreachable!("filtered out"),
+                        State::Blocked { at_ms } => ("blocked", *at_ms, 0, String::new(), 0),
                     };
                     SnapEntry {
                         o,
@@ -236,6 +254,7 @@ impl Queue {
                         dead_lettered: st.dead_lettered_total,
                         redelivered: st.redelivered_total,
                         retention_dropped: st.retention_dropped_total,
+                        redriven: st.redriven_total,
                     }),
                 });
             }
@@ -310,6 +329,7 @@ fn snap_entry(e: &SnapEntry) -> Entry {
             reason: e.reason.clone(),
             dlq_from: e.dlq_from,
         },
+        "blocked" => State::Blocked { at_ms: e.at_ms },
         _ => State::Waiting { at_ms: e.at_ms },
     };
     Entry {

@@ -419,6 +419,25 @@ impl Partition {
         true
     }
 
+    /// A redrive makes a settled (dead-lettered) record available again from `at_ms`, its
+    /// attempts reset; under key ordering it waits for its key's current head, then goes
+    /// first (it is the key's lowest offset). False (and nothing changes) when `offset` is
+    /// not settled: it is available already, or deferred.
+    pub fn redrive(&mut self, offset: u64, at_ms: i64, key: Option<u64>) -> bool {
+        if !self.is_settled(offset) {
+            return false;
+        }
+        self.unrange(offset);
+        let held = key.is_some_and(|k| self.heads.get(&k).is_some_and(|h| *h != offset));
+        let state = if held {
+            State::Blocked { at_ms }
+        } else {
+            State::Waiting { at_ms }
+        };
+        self.track_fresh(offset, state, key);
+        true
+    }
+
     /// Adds `offset` (not in a range) to the settled ranges, merging neighbours.
     fn add_range(&mut self, offset: u64) {
         let mut start = offset;
@@ -673,6 +692,47 @@ mod tests {
             p.settle(o);
         }
         assert_eq!((p.floor(), p.ack_floor(), p.deferred()), (6, 6, 0));
+        assert!(p.settled.is_empty());
+    }
+
+    #[test]
+    fn a_redriven_record_below_the_floor_is_fresh_again_and_waits_for_its_key() {
+        let mut p = Partition::new(0);
+        let k = Some(7);
+        for o in 0..6 {
+            p.grant(
+                o,
+                1_000,
+                100,
+                who(),
+                if o == 2 || o == 4 { k } else { None },
+            );
+        }
+        for o in 0..5 {
+            p.settle(o);
+        }
+        assert_eq!(p.floor(), 5);
+        // A leased record is not settled: nothing to redrive.
+        assert!(!p.redrive(5, 10, None));
+        assert!(p.redrive(1, 10, None));
+        assert_eq!((p.floor(), p.ack_floor()), (1, 1));
+        assert_eq!(p.entry(1).unwrap().attempt, 0);
+        assert_eq!(p.entry(1).unwrap().state, State::Waiting { at_ms: 10 });
+        assert!(p.is_settled(0) && p.is_settled(2) && p.is_settled(4));
+        // Key 7: 4 is redriven while nothing of the key is unsettled, it heads the key;
+        // 2, redriven next, waits behind it although it is older.
+        assert!(p.redrive(4, 10, k));
+        assert!(p.redrive(2, 10, k));
+        assert_eq!(p.entry(2).unwrap().state, State::Blocked { at_ms: 10 });
+        assert!(!p.redrive(2, 10, k), "redriven once");
+        assert_eq!(p.grant(4, 1_000, 100, who(), k), 1, "attempts start again");
+        p.settle(4);
+        assert_eq!(p.entry(2).unwrap().state, State::Waiting { at_ms: 10 });
+        for o in [1, 2] {
+            p.grant(o, 1_000, 100, who(), None);
+            p.settle(o);
+        }
+        assert_eq!(p.floor(), 5);
         assert!(p.settled.is_empty());
     }
 

@@ -40,6 +40,11 @@ pub enum Event {
         start: StartSpec,
         /// Where the queue starts in each partition.
         floors: Vec<u64>,
+        /// Where the next redrive starts in the dead-letter topic: its end offset when the
+        /// queue was created, then where the last redrive ended (absent in logs written
+        /// before redrives: 0).
+        #[serde(default)]
+        redrive_next: u64,
     },
     Delete {
         id: u64,
@@ -115,6 +120,21 @@ pub enum Event {
         p: u32,
         bits: String,
     },
+    /// A redrive asked for: the dead-letter topic's records up to `until` are to be looked
+    /// at, `per_second` redriven at most a second.
+    Redrive {
+        id: u64,
+        until: u64,
+        per_second: u32,
+    },
+    /// A redrive step: `records` (`[p, o, key]`) are available again from `at_ms` with their
+    /// attempts reset, and the dead-letter topic was looked at up to `next`.
+    Redriven {
+        id: u64,
+        next: u64,
+        at_ms: i64,
+        records: Vec<RedrivenRecord>,
+    },
     /// Part of a checkpoint of partition `p` (after the queue's `Create` in the same
     /// checkpoint): the first part (`reset`) starts the partition afresh at `floor`.
     Snapshot {
@@ -133,6 +153,11 @@ pub enum Event {
 /// as a JSON array `[o, attempt, key]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant(pub u64, pub u32, pub Option<u64>);
+
+/// A record a redrive made available again: partition, offset and key hash (under key
+/// ordering), as a JSON array `[p, o, key]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedrivenRecord(pub u32, pub u64, pub Option<u64>);
 
 /// The most leases or acks one coalesced event holds: an event stays far below the queue
 /// log's 64 KiB record limit.
@@ -207,7 +232,7 @@ pub fn coalesce(events: &[Event]) -> Vec<Event> {
 pub struct SnapEntry {
     pub o: u64,
     pub attempt: u32,
-    /// `waiting`, `leased` or `dead_lettering`.
+    /// `waiting`, `leased`, `dead_lettering` or `blocked` (behind its key's head).
     pub state: String,
     /// Waiting: when available; leased: when the lease ends.
     pub at_ms: i64,
@@ -225,6 +250,8 @@ pub struct Counters {
     pub dead_lettered: u64,
     pub redelivered: u64,
     pub retention_dropped: u64,
+    #[serde(default)]
+    pub redriven: u64,
 }
 
 impl Event {
@@ -242,6 +269,8 @@ impl Event {
             | Event::DeadLettered { id, .. }
             | Event::Deferred { id, .. }
             | Event::SnapshotDeferred { id, .. }
+            | Event::Redrive { id, .. }
+            | Event::Redriven { id, .. }
             | Event::Snapshot { id, .. } => *id,
         }
     }

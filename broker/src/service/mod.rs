@@ -305,6 +305,16 @@ impl Broker for BrokerService {
         ))
     }
 
+    async fn redrive_queue(
+        &self,
+        req: Request<RedriveQueueRequest>,
+    ) -> Result<Response<RedriveQueueResponse>, Status> {
+        let who = principal_of(&req);
+        Ok(Response::new(
+            queues::redrive(&self.inner, &who, req.into_inner()).await?,
+        ))
+    }
+
     async fn receive(
         &self,
         req: Request<ReceiveRequest>,

@@ -1,7 +1,7 @@
-//! CreateQueue, DeleteQueue, ListQueues, DescribeQueue, Receive, Settle and Work: the
-//! queue RPCs over `crate::queue`. Permissions are checked here; leasing and settling run
-//! on the blocking pool (they read logs and append to the queue log), and nothing answers
-//! before the events of its change are durable.
+//! CreateQueue, DeleteQueue, ListQueues, DescribeQueue, RedriveQueue, Receive, Settle and
+//! Work: the queue RPCs over `crate::queue`. Permissions are checked here; leasing and
+//! settling run on the blocking pool (they read logs and append to the queue log), and
+//! nothing answers before the events of its change are durable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +102,33 @@ pub async fn describe(
     let i = Arc::clone(inner);
     let queue = tokio::task::spawn_blocking(move || info(&i, &q)).await?;
     Ok(DescribeQueueResponse { queue: Some(queue) })
+}
+
+/// Starts a redrive: `commit` on the queue (it changes what the queue delivers, as a
+/// settlement does) and `read` on its dead-letter topic (it reads the dead letters).
+pub async fn redrive(
+    inner: &Arc<Inner>,
+    who: &Principal,
+    req: RedriveQueueRequest,
+) -> Result<RedriveQueueResponse> {
+    names(&req.topic, &req.queue)?;
+    inner
+        .auth
+        .check(who, Op::Commit, Resource::Queue(&req.queue))?;
+    let q = inner.queues.get(&req.topic, &req.queue)?;
+    inner
+        .auth
+        .check(who, Op::Read, Resource::Topic(&q.config.dead_letter_topic))?;
+    let i = Arc::clone(inner);
+    let (start_offset, end_offset) = tokio::task::spawn_blocking(move || {
+        i.queues
+            .redrive(&i.registry, &req.topic, &req.queue, req.max_per_second)
+    })
+    .await??;
+    Ok(RedriveQueueResponse {
+        start_offset,
+        end_offset,
+    })
 }
 
 /// Blocking (see [`Queue::info`]).

@@ -6,14 +6,20 @@ use spool_proto::v1::*;
 use crate::common::*;
 use crate::*;
 
-#[tokio::test]
-async fn acks_attempts_and_leases_survive_kill_9() {
-    let mut b = Broker::start();
+/// Queue jobs/q over records r-0..r-3, all four leased for a minute.
+async fn four_leased(b: &Broker) -> (Client, Vec<Delivery>) {
     let mut c = b.client().await;
     create_topic(&mut c, "jobs", 1, FsyncPolicy::Always).await;
     append(&mut c, "jobs", 0, recs("r", 0..4)).await;
     create_queue(&mut c, "jobs", "q", fast(60_000, 5)).await;
     let ds = receive_n(&mut c, "jobs", "q", 4).await;
+    (c, ds)
+}
+
+#[tokio::test]
+async fn acks_attempts_and_leases_survive_kill_9() {
+    let mut b = Broker::start();
+    let (mut c, ds) = four_leased(&b).await;
     // r-0 acked, r-1 nacked at once (attempt 1 used), r-2 and r-3 still leased.
     let r = settle(
         &mut c,
@@ -112,4 +118,75 @@ async fn records_due_far_ahead_wait_on_disk_across_kill_9_and_come_no_earlier_th
         (q.delayed, q.acked_total, q.partitions[0].ack_floor),
         (0, 203, 203)
     );
+}
+
+#[tokio::test]
+async fn a_redrive_resumes_after_kill_9_and_redrives_each_dead_letter_once() {
+    let mut b = Broker::start();
+    let (mut c, ds) = four_leased(&b).await;
+    let rejects = ds[..3]
+        .iter()
+        .map(|d| settlement(d, SettleAction::Reject, None))
+        .collect();
+    settle(&mut c, "jobs", "q", rejects).await;
+    ack_all(&mut c, "jobs", "q", &ds[3..]).await;
+    wait_queue(&mut c, "jobs", "q", "dead-lettered", |q| {
+        q.dead_lettered_total == 3
+    })
+    .await;
+    let missing = c
+        .redrive_queue(RedriveQueueRequest {
+            topic: "jobs".into(),
+            queue: "nope".into(),
+            max_per_second: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
+    // One record a second: the crash comes in the middle of the redrive.
+    let r = redrive(&mut c, 1).await;
+    assert_eq!((r.start_offset, r.end_offset), (0, 3));
+    let q = wait_queue(&mut c, "jobs", "q", "one redriven", |q| {
+        q.redriven_total >= 1
+    })
+    .await;
+    assert!(q.redrive_remaining > 0, "{q:?}");
+    b.kill().await;
+    b.restart();
+    let mut c = b.client().await;
+    let q = wait_queue(&mut c, "jobs", "q", "redrive done", |q| {
+        q.redrive_remaining == 0
+    })
+    .await;
+    assert_eq!(q.redriven_total, 3, "each dead letter once");
+    let again = receive_n(&mut c, "jobs", "q", 3).await;
+    let mut got: Vec<(u64, u32)> = again.iter().map(|d| (offset(d), d.attempt)).collect();
+    got.sort();
+    assert_eq!(got, [(0, 1), (1, 1), (2, 1)], "attempts reset");
+    assert!(receive(&mut c, "jobs", "q", 10, 200).await.is_empty());
+    ack_all(&mut c, "jobs", "q", &again).await;
+    let q = describe_queue(&mut c, "jobs", "q").await;
+    assert_eq!((q.acked_total, q.partitions[0].ack_floor), (4, 4));
+    assert_eq!(
+        q.partitions[0].end_offset, 4,
+        "the source topic got nothing new"
+    );
+    let letters = read_to_end(&mut c, "jobs.q.dlq", 0, 0).await;
+    assert_eq!(letters.len(), 3, "the dead-letter topic keeps its copies");
+    let r = redrive(&mut c, 0).await;
+    assert_eq!(
+        (r.start_offset, r.end_offset),
+        (3, 3),
+        "nothing new to redrive"
+    );
+    let metrics = b.metrics();
+    for line in [
+        r#"spool_queue_redriven_total{topic="jobs",queue="q"} 3"#,
+        r#"spool_queue_redrive_remaining{topic="jobs",queue="q"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
 }

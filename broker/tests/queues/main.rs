@@ -142,6 +142,20 @@ pub async fn describe_queue(c: &mut Client, topic: &str, queue: &str) -> QueueIn
     .expect("queue info")
 }
 
+pub async fn redrive(c: &mut Client, max_per_second: u32) -> RedriveQueueResponse {
+    within(
+        "RedriveQueue",
+        c.redrive_queue(RedriveQueueRequest {
+            topic: "jobs".into(),
+            queue: "q".into(),
+            max_per_second,
+        }),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("RedriveQueue jobs/q: {s}"))
+    .into_inner()
+}
+
 /// Waits (polling DescribeQueue) until `cond` holds of the queue.
 pub async fn wait_queue(
     c: &mut Client,

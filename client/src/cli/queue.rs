@@ -1,4 +1,4 @@
-//! `spool queue create|list|describe|delete|receive|work`.
+//! `spool queue create|list|describe|delete|receive|work|redrive`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,29 @@ empty) in its environment. Exit 0 acks the record; any other exit nacks it (it c
 back after the queue's backoff, and is dead-lettered after max deliveries). The lease is
 extended while the command runs.")]
     Work(WorkArgs),
+    /// Make the queue's dead-lettered records available again, attempts reset.
+    #[command(after_help = "\
+Example:
+  spool queue redrive orders billing --rate 200 --wait
+
+Every dead letter of the queue written since the last redrive (or since the queue was
+created) is delivered again by the queue at its original offset, with its attempt count
+starting again at 1. The dead-letter topic keeps its copies; the source topic gets
+nothing new. The broker does it in the background at up to --rate records a second;
+--wait shows its progress until it is done.")]
+    Redrive(RedriveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RedriveArgs {
+    topic: String,
+    queue: String,
+    /// Records made available again per second at most (default: the broker's, 1,000).
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Wait until the redrive is done, showing its progress.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +228,46 @@ pub async fn run(client: &Client, cmd: QueueCommand) -> anyhow::Result<()> {
         }
         QueueCommand::Receive(a) => receive(client, a).await,
         QueueCommand::Work(a) => work(client, a).await,
+        QueueCommand::Redrive(a) => redrive(client, a).await,
+    }
+}
+
+async fn redrive(client: &Client, a: RedriveArgs) -> anyhow::Result<()> {
+    let before = client
+        .describe_queue(&a.topic, &a.queue)
+        .await?
+        .redriven_total;
+    let r = client
+        .redrive_queue(&a.topic, &a.queue, a.rate.unwrap_or(0))
+        .await
+        .with_context(|| format!("cannot redrive queue {}/{}", a.topic, a.queue))?;
+    let letters = r.end_offset - r.start_offset;
+    println!(
+        "redriving queue {}/{}: dead-letter offsets {}..{} ({letters} to look at)",
+        a.topic, a.queue, r.start_offset, r.end_offset
+    );
+    if !a.wait || letters == 0 {
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(letters);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} dead letters looked at, {per_sec}, {eta} left",
+        )
+        .expect("a valid template"),
+    );
+    loop {
+        let q = client.describe_queue(&a.topic, &a.queue).await?;
+        bar.set_position(letters.saturating_sub(q.redrive_remaining));
+        if q.redrive_remaining == 0 {
+            bar.finish_and_clear();
+            println!(
+                "redrive done: {} records available again",
+                q.redriven_total - before
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -235,6 +298,12 @@ fn describe(q: &QueueInfo) -> String {
     );
     if !q.paused.is_empty() {
         out.push_str(&format!("  PAUSED: {}\n", q.paused));
+    }
+    if q.redrive_remaining > 0 || q.redriven_total > 0 {
+        out.push_str(&format!(
+            "  redriven {}  redrive: {} dead letters to look at\n",
+            q.redriven_total, q.redrive_remaining
+        ));
     }
     let mut t = Table::new(&[
         ("PARTITION", true),

@@ -5,7 +5,8 @@ with worker processes: one nacks every first attempt, one takes leases and crash
 settling them (its leases expire and the records come back), then a plain worker acks the
 rest. Poison records are nacked by everyone until `max_deliveries` dead-letters them. In
 the end every good record was acked exactly once (counted from `SETTLE_RESULT_OK` acks the
-workers report) and every poison record is in the dead-letter topic.
+workers report) and every poison record is in the dead-letter topic; a redrive then
+brings the poison records back to the queue with their attempts reset.
 
 Needs: `pip install grpcio grpcio-tools pytest`. Uses the `spoold` named by $SPOOLD, or
 target/debug/spoold (built with cargo if missing).
@@ -148,6 +149,43 @@ def test_workers_nack_crash_and_ack_every_record_exactly_once(broker, stubs):
         assert headers["spool-dead-letter-reason"] == "max deliveries"
         assert headers["spool-dead-letter-attempts"] == str(MAX_DELIVERIES)
         assert headers["spool-dead-letter-topic"] == TOPIC
+
+    # Redrive: the poison records come back in the queue with their attempts reset; the
+    # dead-letter topic keeps its copies and the topic gets nothing new.
+    started = stub.RedriveQueue(pb.RedriveQueueRequest(topic=TOPIC, queue=QUEUE))
+    assert (started.start_offset, started.end_offset) == (0, POISON)
+    deadline = time.monotonic() + PATIENCE
+    back = []
+    while len(back) < POISON and time.monotonic() < deadline:
+        got = stub.Receive(
+            pb.ReceiveRequest(topic=TOPIC, queue=QUEUE, max_records=POISON, wait_ms=500)
+        ).deliveries
+        back.extend(got)
+    assert sorted(d.record.value.decode() for d in back) == [f"poison-{i}" for i in range(POISON)]
+    assert {d.attempt for d in back} == {1}
+    settled = stub.Settle(
+        pb.SettleRequest(
+            topic=TOPIC,
+            queue=QUEUE,
+            settlements=[
+                pb.Settlement(
+                    partition=d.partition,
+                    offset=d.record.offset,
+                    lease_id=d.lease_id,
+                    action=pb.SETTLE_ACTION_ACK,
+                )
+                for d in back
+            ],
+        )
+    ).outcomes
+    assert [o.result for o in settled] == [pb.SETTLE_RESULT_OK] * POISON
+    info = stub.DescribeQueue(pb.DescribeQueueRequest(topic=TOPIC, queue=QUEUE)).queue
+    assert (info.redriven_total, info.redrive_remaining) == (POISON, 0)
+    assert info.acked_total == GOOD + POISON
+    again = stub.Read(
+        pb.ReadRequest(topic=f"{TOPIC}.{QUEUE}.dlq", partition=0, offset=0, max_records=100)
+    ).records
+    assert len(again) == POISON
 
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "worker":
