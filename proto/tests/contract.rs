@@ -129,6 +129,13 @@ fn descriptor_set_declares_every_broker_rpc_with_its_streaming_shape() {
             false,
             false,
         ),
+        (
+            "RedriveQueue",
+            "RedriveQueueRequest",
+            "RedriveQueueResponse",
+            false,
+            false,
+        ),
         ("Receive", "ReceiveRequest", "ReceiveResponse", false, false),
         ("Settle", "SettleRequest", "SettleResponse", false, false),
         ("Work", "WorkRequest", "WorkResponse", true, true),
