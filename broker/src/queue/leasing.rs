@@ -143,16 +143,20 @@ impl Queue {
         self.state.lock().partitions.len()
     }
 
-    /// The id of lease `attempt` of a record: derived, so nothing per lease is stored, and
-    /// salted with the queue's id, so another queue's (or an old queue's) ids do not match.
-    pub fn lease_id(&self, partition: u32, offset: u64, attempt: u32) -> u64 {
-        let mut bytes = [0u8; 24];
+    /// The id of lease `attempt` of a record in its `life` (0 unless a redrive brought it
+    /// back): derived, so nothing per lease is stored, and salted with the queue's id, so
+    /// another queue's (or an old queue's) ids do not match.
+    pub fn lease_id(&self, partition: u32, offset: u64, attempt: u32, life: u64) -> u64 {
+        let mut bytes = [0u8; 32];
         bytes[..8].copy_from_slice(&self.id.to_le_bytes());
         bytes[8..12].copy_from_slice(&partition.to_le_bytes());
         bytes[12..20].copy_from_slice(&offset.to_le_bytes());
-        bytes[20..].copy_from_slice(&attempt.to_le_bytes());
-        // A stable hash: ids granted before an upgrade must still match after it.
-        spool_proto::partitioning::fnv1a64(&bytes)
+        bytes[20..24].copy_from_slice(&attempt.to_le_bytes());
+        bytes[24..].copy_from_slice(&life.to_le_bytes());
+        // A stable hash: ids granted before an upgrade must still match after it (a first
+        // life hashes the 24 bytes it always did).
+        let len = if life == 0 { 24 } else { 32 };
+        spool_proto::partitioning::fnv1a64(&bytes[..len])
     }
 
     /// The key a record is ordered by: its key's hash under key ordering, unless empty.
@@ -262,7 +266,8 @@ impl Queue {
                 if attempt > 1 {
                     st.redelivered_total += 1;
                 }
-                self.deliver(p as u32, record, attempt, now, lease_ms, out);
+                let life = part.entry(o).map_or(0, |e| e.life);
+                self.deliver(p as u32, record, (attempt, life), now, lease_ms, out);
             }
             self.scan_fresh(
                 (p as u32, part, &mut st.delays),
@@ -446,7 +451,7 @@ impl Queue {
                             Arc::clone(consumer),
                             key,
                         );
-                        self.deliver_proto(partition, proto, attempt, now, lease_ms, out);
+                        self.deliver_proto(partition, proto, (attempt, 0), now, lease_ms, out);
                     }
                 }
                 part.scanned_to(o + 1);
@@ -459,7 +464,7 @@ impl Queue {
         &self,
         partition: u32,
         record: spool_storage::StoredRecord,
-        attempt: u32,
+        granted: (u32, u64),
         now: i64,
         lease_ms: u32,
         out: &mut Leased,
@@ -467,7 +472,7 @@ impl Queue {
         self.deliver_proto(
             partition,
             convert::to_proto(record),
-            attempt,
+            granted,
             now,
             lease_ms,
             out,
@@ -478,7 +483,7 @@ impl Queue {
         &self,
         partition: u32,
         record: v1::Record,
-        attempt: u32,
+        (attempt, life): (u32, u64),
         now: i64,
         lease_ms: u32,
         out: &mut Leased,
@@ -499,7 +504,7 @@ impl Queue {
             record: Some(record),
             partition,
             attempt,
-            lease_id: self.lease_id(partition, o, attempt),
+            lease_id: self.lease_id(partition, o, attempt, life),
             lease_expires_ms: expires_ms,
         });
     }
@@ -521,7 +526,8 @@ impl Queue {
         for s in settlements {
             let (p, o) = (s.partition, s.offset);
             let part = &mut st.partitions[p as usize];
-            let check = part.check_lease(o, s.lease_id, now, |a| self.lease_id(p, o, a));
+            let check =
+                part.check_lease(o, s.lease_id, now, |a, life| self.lease_id(p, o, a, life));
             let mut outcome = v1::SettleOutcome {
                 result: match check {
                     LeaseCheck::Active => R::Ok,

@@ -92,9 +92,9 @@ impl Allowance {
 impl QueueState {
     /// Applies a redrive step (live or replayed).
     pub(super) fn apply_redriven(&mut self, next: u64, at_ms: i64, records: &[RedrivenRecord]) {
-        for RedrivenRecord(p, o, key) in records {
+        for RedrivenRecord(p, o, key, life) in records {
             if let Some(part) = self.partitions.get_mut(*p as usize)
-                && part.redrive(*o, at_ms, *key)
+                && part.redrive(*o, at_ms, *key, *life)
             {
                 self.redriven_total += 1;
             }
@@ -281,7 +281,7 @@ fn look(
     if part.tracked() + taken.iter().filter(|t| t.0 == p).count() >= room {
         return Look::Wait;
     }
-    Look::Take(RedrivenRecord(p, o, q.order_key(&r.key)))
+    Look::Take(RedrivenRecord(p, o, q.order_key(&r.key), r.offset + 1))
 }
 
 #[cfg(test)]

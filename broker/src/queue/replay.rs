@@ -31,6 +31,7 @@ impl QueueState {
                     consumer: Arc::from(""),
                 },
                 key,
+                life: 0,
             },
         );
         if attempt > 1 && attempt > before {
@@ -228,6 +229,7 @@ impl Queue {
                     };
                     SnapEntry {
                         o,
+                        life: e.life,
                         attempt: e.attempt,
                         state: state.to_string(),
                         at_ms,
@@ -336,5 +338,6 @@ fn snap_entry(e: &SnapEntry) -> Entry {
         attempt: e.attempt,
         state,
         key: e.key,
+        life: e.life,
     }
 }

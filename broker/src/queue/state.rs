@@ -31,6 +31,10 @@ pub struct Entry {
     pub state: State,
     /// The record's key hash when the queue orders by key and the key is not empty.
     pub key: Option<u64>,
+    /// For a record a redrive brought back: the dead-letter offset it came from, plus one
+    /// (0 for every other). It salts the record's lease ids, so a lease of its life before
+    /// the dead letter never matches one of this life, although attempts start again.
+    pub life: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -263,6 +267,7 @@ impl Partition {
                 attempt: 0,
                 state,
                 key,
+                life: 0,
             },
         );
     }
@@ -276,10 +281,10 @@ impl Partition {
         consumer: Arc<str>,
         key: Option<u64>,
     ) -> u32 {
-        let (attempt, key) = self
+        let (attempt, key, life) = self
             .entries
             .get(&offset)
-            .map_or((0, key), |e| (e.attempt, e.key));
+            .map_or((0, key, 0), |e| (e.attempt, e.key, e.life));
         self.set(
             offset,
             Entry {
@@ -290,6 +295,7 @@ impl Partition {
                     consumer,
                 },
                 key,
+                life,
             },
         );
         attempt + 1
@@ -298,21 +304,26 @@ impl Partition {
     /// Replaces a tracked record's state, keeping its attempt count and key.
     pub fn set_state(&mut self, offset: u64, state: State) {
         if let Some(e) = self.entries.get(&offset) {
-            let (attempt, key) = (e.attempt, e.key);
+            let (attempt, key, life) = (e.attempt, e.key, e.life);
             self.set(
                 offset,
                 Entry {
                     attempt,
                     state,
                     key,
+                    life,
                 },
             );
         }
     }
 
-    /// Sets a record's entry as replay found it (a lease grant of a known attempt).
-    pub fn restore(&mut self, offset: u64, entry: Entry) {
+    /// Sets a record's entry as replay found it (a lease grant of a known attempt). A
+    /// lease event does not repeat the record's life: an entry of 0 keeps the one tracked.
+    pub fn restore(&mut self, offset: u64, mut entry: Entry) {
         if !self.is_settled(offset) {
+            if entry.life == 0 {
+                entry.life = self.entries.get(&offset).map_or(0, |e| e.life);
+            }
             self.set(offset, entry);
         }
     }
@@ -420,10 +431,10 @@ impl Partition {
     }
 
     /// A redrive makes a settled (dead-lettered) record available again from `at_ms`, its
-    /// attempts reset; under key ordering it waits for its key's current head, then goes
-    /// first (it is the key's lowest offset). False (and nothing changes) when `offset` is
-    /// not settled: it is available already, or deferred.
-    pub fn redrive(&mut self, offset: u64, at_ms: i64, key: Option<u64>) -> bool {
+    /// attempts reset, in a new `life`; under key ordering it waits for its key's current
+    /// head, then goes first (it is the key's lowest offset). False (and nothing changes)
+    /// when `offset` is not settled: it is available already, or deferred.
+    pub fn redrive(&mut self, offset: u64, at_ms: i64, key: Option<u64>, life: u64) -> bool {
         if !self.is_settled(offset) {
             return false;
         }
@@ -435,6 +446,9 @@ impl Partition {
             State::Waiting { at_ms }
         };
         self.track_fresh(offset, state, key);
+        if let Some(e) = self.entries.get_mut(&offset) {
+            e.life = life;
+        }
         true
     }
 
@@ -530,18 +544,20 @@ impl Partition {
         unsettled
     }
 
-    /// Checks a settlement's lease id against the record's leases so far: lease ids are
-    /// derived from (partition, offset, attempt), so no history is stored.
+    /// Checks a settlement's lease id against the record's leases so far (in its current
+    /// life): lease ids are derived from (partition, offset, attempt, life), so no history
+    /// is stored.
     pub fn check_lease(
         &self,
         offset: u64,
         lease_id: u64,
         now_ms: i64,
-        id_of: impl Fn(u32) -> u64,
+        id_of: impl Fn(u32, u64) -> u64,
     ) -> LeaseCheck {
         let Some(e) = self.entries.get(&offset) else {
             return LeaseCheck::Unknown;
         };
+        let id_of = |attempt| id_of(attempt, e.life);
         if e.attempt > 0 && id_of(e.attempt) == lease_id {
             return match e.state {
                 State::Leased { expires_ms, .. } if expires_ms > now_ms => LeaseCheck::Active,
@@ -599,7 +615,7 @@ mod tests {
     #[test]
     fn lease_ids_name_the_current_or_an_ended_lease() {
         let mut p = Partition::new(0);
-        let id = |a: u32| 100 + u64::from(a);
+        let id = |a: u32, life: u64| 100 + u64::from(a) + 1_000 * life;
         p.grant(0, 1_000, 100, who(), None);
         assert_eq!(p.check_lease(0, 101, 500, id), LeaseCheck::Active);
         assert_eq!(p.check_lease(0, 101, 1_000, id), LeaseCheck::Ended);
@@ -713,21 +729,26 @@ mod tests {
         }
         assert_eq!(p.floor(), 5);
         // A leased record is not settled: nothing to redrive.
-        assert!(!p.redrive(5, 10, None));
-        assert!(p.redrive(1, 10, None));
+        assert!(!p.redrive(5, 10, None, 1));
+        assert!(p.redrive(1, 10, None, 9));
         assert_eq!((p.floor(), p.ack_floor()), (1, 1));
         assert_eq!(p.entry(1).unwrap().attempt, 0);
         assert_eq!(p.entry(1).unwrap().state, State::Waiting { at_ms: 10 });
         assert!(p.is_settled(0) && p.is_settled(2) && p.is_settled(4));
         // Key 7: 4 is redriven while nothing of the key is unsettled, it heads the key;
         // 2, redriven next, waits behind it although it is older.
-        assert!(p.redrive(4, 10, k));
-        assert!(p.redrive(2, 10, k));
+        assert!(p.redrive(4, 10, k, 10));
+        assert!(p.redrive(2, 10, k, 11));
         assert_eq!(p.entry(2).unwrap().state, State::Blocked { at_ms: 10 });
-        assert!(!p.redrive(2, 10, k), "redriven once");
+        assert!(!p.redrive(2, 10, k, 11), "redriven once");
         assert_eq!(p.grant(4, 1_000, 100, who(), k), 1, "attempts start again");
         p.settle(4);
         assert_eq!(p.entry(2).unwrap().state, State::Waiting { at_ms: 10 });
+        // Lease ids of the record's first life do not match its new leases.
+        let id = |a: u32, life: u64| 100 + u64::from(a) + 1_000 * life;
+        assert_eq!(p.grant(1, 1_000, 100, who(), None), 1);
+        assert_eq!(p.check_lease(1, id(1, 0), 500, id), LeaseCheck::Unknown);
+        assert_eq!(p.check_lease(1, id(1, 9), 500, id), LeaseCheck::Active);
         for o in [1, 2] {
             p.grant(o, 1_000, 100, who(), None);
             p.settle(o);

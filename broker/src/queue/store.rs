@@ -127,7 +127,7 @@ pub enum Event {
         until: u64,
         per_second: u32,
     },
-    /// A redrive step: `records` (`[p, o, key]`) are available again from `at_ms` with their
+    /// A redrive step: `records` (`[p, o, key, life]`) are available again from `at_ms` with their
     /// attempts reset, and the dead-letter topic was looked at up to `next`.
     Redriven {
         id: u64,
@@ -154,10 +154,11 @@ pub enum Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant(pub u64, pub u32, pub Option<u64>);
 
-/// A record a redrive made available again: partition, offset and key hash (under key
-/// ordering), as a JSON array `[p, o, key]`.
+/// A record a redrive made available again: partition, offset, key hash (under key
+/// ordering) and its new life (the dead letter's offset plus one), as a JSON array
+/// `[p, o, key, life]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RedrivenRecord(pub u32, pub u64, pub Option<u64>);
+pub struct RedrivenRecord(pub u32, pub u64, pub Option<u64>, pub u64);
 
 /// The most leases or acks one coalesced event holds: an event stays far below the queue
 /// log's 64 KiB record limit.
@@ -241,6 +242,13 @@ pub struct SnapEntry {
     pub dlq_from: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<u64>,
+    /// The record's life (see `state::Entry::life`), absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub life: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A queue's totals, carried by checkpoints.

@@ -164,6 +164,15 @@ async fn a_redrive_resumes_after_kill_9_and_redrives_each_dead_letter_once() {
     got.sort();
     assert_eq!(got, [(0, 1), (1, 1), (2, 1)], "attempts reset");
     assert!(receive(&mut c, "jobs", "q", 10, 200).await.is_empty());
+    // A lease of a record's life before its dead letter does not match its new lease.
+    let stale = settle(
+        &mut c,
+        "jobs",
+        "q",
+        vec![settlement(&ds[0], SettleAction::Ack, None)],
+    )
+    .await;
+    assert_eq!(stale, vec![SettleResult::Unknown]);
     ack_all(&mut c, "jobs", "q", &again).await;
     let q = describe_queue(&mut c, "jobs", "q").await;
     assert_eq!((q.acked_total, q.partitions[0].ack_floor), (4, 4));
