@@ -278,11 +278,11 @@ async fn stream(topic: &str, w: usize, shared: &Shared, endpoint: &str) -> anyho
                         late.0.saturating_record(by.max(1) as u64);
                     }
                 }
-                tx.send(crate::queue::ack_request(
+                tx.send(crate::queue::ack_request(&[(
                     d.partition,
                     record.offset,
                     d.lease_id,
-                ))
+                )]))
                 .await?;
             }
             Some(work_response::Kind::Settled(s)) => {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use spool_client::v1::{
     QueueConfig, SettleAction, SettleRequest, SettleResult, Settlement, TopicConfig, WorkRequest,
     WorkStart, work_request, work_response,
@@ -176,17 +176,33 @@ async fn spool_worker(
         let Some(msg) = msg else {
             anyhow::bail!("the Work stream ended")
         };
-        match msg.kind {
-            Some(work_response::Kind::Delivery(d)) => {
-                let offset = d.record.map_or(0, |r| r.offset);
-                tx.send(ack_request(d.partition, offset, d.lease_id))
-                    .await?;
+        // Every delivery already received is acked in one request (one settlement each),
+        // as `spool_client::QueueConsumer` sends the settlements that wait together.
+        let mut acks = Vec::new();
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg.kind {
+                Some(work_response::Kind::Delivery(d)) => {
+                    acks.push((d.partition, d.record.map_or(0, |r| r.offset), d.lease_id));
+                }
+                Some(work_response::Kind::Settled(s)) => progress.add(acked(&s)),
+                None => {}
             }
-            Some(work_response::Kind::Settled(s)) => progress.add(acked(&s)),
-            None => {}
+            if acks.len() < MAX_ACKS_PER_REQUEST {
+                next = match responses.message().now_or_never() {
+                    Some(m) => Some(m?.ok_or_else(|| anyhow::anyhow!("the Work stream ended"))?),
+                    None => None,
+                };
+            }
+        }
+        if !acks.is_empty() {
+            tx.send(ack_request(&acks)).await?;
         }
     }
 }
+
+/// The most acks one settle request of the bench's workers carries.
+const MAX_ACKS_PER_REQUEST: usize = 1_000;
 
 /// Opens a `Work` stream on queue `bench` of `topic` as worker `w` (up to `OUTSTANDING`
 /// leases): the sender for its settlements and its answers.
@@ -217,21 +233,25 @@ pub async fn open_work(
     Ok((tx, responses))
 }
 
-/// A settle request acking one delivery, on the stream's own queue.
-pub fn ack_request(partition: u32, offset: u64, lease_id: u64) -> WorkRequest {
-    let ack = Settlement {
-        partition,
-        offset,
-        lease_id,
-        action: SettleAction::Ack as i32,
-        delay_ms: None,
-        reason: String::new(),
-    };
+/// A settle request acking each delivery `(partition, offset, lease id)`, one settlement
+/// each, on the stream's own queue.
+pub fn ack_request(deliveries: &[(u32, u64, u64)]) -> WorkRequest {
+    let settlements = deliveries
+        .iter()
+        .map(|&(partition, offset, lease_id)| Settlement {
+            partition,
+            offset,
+            lease_id,
+            action: SettleAction::Ack as i32,
+            delay_ms: None,
+            reason: String::new(),
+        })
+        .collect();
     WorkRequest {
         kind: Some(work_request::Kind::Settle(SettleRequest {
             topic: String::new(),
             queue: String::new(),
-            settlements: vec![ack],
+            settlements,
         })),
     }
 }
@@ -408,12 +428,15 @@ pub async fn redis(server: &str, shape: &Shape) -> anyhow::Result<QueueRun> {
                     }
                     continue;
                 }
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.cmd("XACK").arg(&key).arg("bench").arg(id);
-                }
-                let acked: Vec<u64> = pipe.query_async(&mut conn).await?;
-                progress.add(acked.iter().sum());
+                // One XACK naming every entry of the batch (each acked on its own), as
+                // the Spool workers send one settle request for the deliveries at hand.
+                let acked: u64 = redis::cmd("XACK")
+                    .arg(&key)
+                    .arg("bench")
+                    .arg(&ids)
+                    .query_async(&mut conn)
+                    .await?;
+                progress.add(acked);
             }
             anyhow::Ok(())
         }));

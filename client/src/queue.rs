@@ -7,7 +7,9 @@
 //!
 //! Memory is bounded: the broker pushes at most `max_outstanding` leases the worker holds,
 //! the jobs wait in a channel of that size, and settlements travel through a bounded
-//! channel (a settle waits for room). When the stream fails (the broker restarts, the
+//! channel (a settle waits for room). Settlements that wait there together are sent in
+//! one settle request (up to 1,000, each with its own outcome): a worker acking jobs as
+//! fast as they come sends a request per batch, not per job. When the stream fails (the broker restarts, the
 //! queue is deleted) the consumer yields the error and ends; its leases stay valid until
 //! they expire, so a new consumer (or `Client::settle`) can still settle them.
 
@@ -26,6 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+
+/// The most settlements one settle request carries (those that wait together go in one).
+const SETTLEMENTS_PER_REQUEST: usize = 1_000;
 
 /// Settlements waiting for the worker task at most.
 const COMMANDS: usize = 1_024;
@@ -250,19 +255,35 @@ impl Worker {
                         return;
                     }
                 }
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::Settle(s, reply)) => {
-                        let key = (s.partition, s.offset, s.lease_id);
-                        self.held.remove(&key);
-                        if self.send_settle(vec![s], vec![(key, Some(reply))]).await.is_err() {
-                            return;
+                cmd = self.commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    // The settlements that wait together go in one request (each its own
+                    // settlement, with its own outcome).
+                    let mut settlements = Vec::new();
+                    let mut waiters = Vec::new();
+                    let mut next = Some(cmd);
+                    while let Some(cmd) = next.take() {
+                        match cmd {
+                            Command::Settle(s, reply) => {
+                                let key = (s.partition, s.offset, s.lease_id);
+                                self.held.remove(&key);
+                                settlements.push(s);
+                                waiters.push((key, Some(reply)));
+                            }
+                            Command::Release(key) => {
+                                self.held.remove(&key);
+                            }
+                        }
+                        if settlements.len() < SETTLEMENTS_PER_REQUEST {
+                            next = self.commands.try_recv().ok();
                         }
                     }
-                    Some(Command::Release(key)) => {
-                        self.held.remove(&key);
+                    if !settlements.is_empty()
+                        && self.send_settle(settlements, waiters).await.is_err()
+                    {
+                        return;
                     }
-                    None => return,
-                },
+                }
                 () = sleep_until_ms(next_extension) => {
                     if self.extend_due().await.is_err() {
                         return;

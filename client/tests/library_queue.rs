@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use library_support::*;
 use spool_broker::testing::TempBroker;
-use spool_client::v1::{QueueConfig, SettleResult, TopicConfig};
+use spool_client::v1::{
+    QueueConfig, SettleAction, SettleRequest, SettleResult, Settlement, TopicConfig,
+};
 use spool_client::{
     Client, Producer, ProducerOptions, ProducerRecord, QueueConsumer, QueueOptions,
 };
@@ -109,4 +111,59 @@ async fn hold_past_the_lease(auto_extend: bool) -> SettleResult {
 async fn a_held_job_keeps_its_lease_while_auto_extension_is_on() {
     assert_eq!(hold_past_the_lease(true).await, SettleResult::Ok);
     assert_eq!(hold_past_the_lease(false).await, SettleResult::LeaseExpired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_made_at_once_each_get_their_own_outcome() {
+    let broker = TempBroker::start().await;
+    let client = setup(&broker, 100, QueueConfig::default()).await;
+    let mut jobs = QueueConsumer::new(&client, "jobs", "q", QueueOptions::default())
+        .await
+        .unwrap();
+    let held = within(DEADLINE, "taking 100 jobs", async {
+        let mut held = Vec::new();
+        while held.len() < 100 {
+            held.push(jobs.next().await.expect("open").expect("a job"));
+        }
+        held
+    })
+    .await;
+    // Every tenth is acked first through the unary Settle, so its job's ack finds no lease.
+    let early: Vec<Settlement> = held
+        .iter()
+        .step_by(10)
+        .map(|j| Settlement {
+            partition: j.partition,
+            offset: j.offset,
+            lease_id: j.lease_id,
+            action: SettleAction::Ack as i32,
+            ..Settlement::default()
+        })
+        .collect();
+    client
+        .settle(SettleRequest {
+            topic: "jobs".into(),
+            queue: "q".into(),
+            settlements: early,
+        })
+        .await
+        .unwrap();
+    // Then all acked at once: the acks travel together, and each answer goes to its job.
+    let outcomes = within(
+        DEADLINE,
+        "acking them",
+        futures::future::join_all(held.into_iter().map(|job| job.ack())),
+    )
+    .await;
+    let outcomes: Vec<SettleResult> = outcomes.into_iter().map(|o| o.unwrap()).collect();
+    for (i, o) in outcomes.iter().enumerate() {
+        let expected = if i % 10 == 0 {
+            SettleResult::Unknown
+        } else {
+            SettleResult::Ok
+        };
+        assert_eq!(*o, expected, "job {i}: {outcomes:?}");
+    }
+    let q = client.describe_queue("jobs", "q").await.unwrap();
+    assert_eq!((q.acked_total, q.leased), (100, 0));
 }
