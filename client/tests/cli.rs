@@ -535,6 +535,9 @@ fn every_subcommand_has_help_with_an_example() {
         &["queue", "delete"],
         &["queue", "receive"],
         &["queue", "work"],
+        &["queue", "redrive"],
+        &["completions"],
+        &["man"],
     ];
     for c in commands {
         let mut args: Vec<String> = c.iter().map(|s| s.to_string()).collect();

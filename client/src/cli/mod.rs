@@ -9,7 +9,8 @@
 //!   [`spool_client::Producer`].
 //! - `consume`: `spool consume`, as a plain reader or a group member.
 //! - `group`: `spool group list|describe` and `spool offsets commit|get`.
-//! - `queue`: `spool queue create|list|describe|delete|receive|work`.
+//! - `queue`: `spool queue create|list|describe|delete|receive|work|redrive`.
+//! - `generate`: `spool completions SHELL` and `spool man`, from the argument tree.
 //! - `output`: aligned tables, human numbers and the JSON form of a record.
 //!
 //! # Exit codes
@@ -23,6 +24,7 @@
 //! Errors are printed as one line, `spool: <what failed>: <why>`, never as a debug dump.
 
 mod consume;
+mod generate;
 mod group;
 mod output;
 mod produce;
@@ -108,6 +110,19 @@ enum Command {
     /// Create and inspect queues; receive records or run a command per record.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "\
+Examples:
+  spool completions bash > ~/.local/share/bash-completion/completions/spool
+  spool completions zsh > \"${fpath[1]}/_spool\"
+  spool completions fish > ~/.config/fish/completions/spool.fish")]
+    Completions(generate::CompletionsArgs),
+    /// Print the man page, or write one per subcommand into a directory.
+    #[command(after_help = "\
+Examples:
+  spool man | man -l -
+  spool man --dir /usr/local/share/man/man1")]
+    Man(generate::ManArgs),
 }
 
 /// Parses the command line, runs it, and maps the outcome to an exit code.
@@ -137,6 +152,12 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // These need no broker.
+    let command = match cli.command {
+        Command::Completions(a) => return generate::completions(a),
+        Command::Man(a) => return generate::man(a),
+        other => other,
+    };
     let tls = (cli.ca.is_some() || cli.cert.is_some() || cli.key.is_some()).then(|| {
         spool_client::TlsOptions {
             ca: cli.ca.clone(),
@@ -151,13 +172,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..spool_client::ClientOptions::default()
     };
     let client = Client::connect_with(cli.server.as_str(), options).await?;
-    match cli.command {
+    match command {
         Command::Topic(cmd) => topic::run(&client, cmd).await,
         Command::Produce(args) => produce::run(&client, args).await,
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Group(cmd) => group::run_group(&client, cmd).await,
         Command::Offsets(cmd) => group::run_offsets(&client, cmd).await,
         Command::Queue(cmd) => queue::run(&client, cmd).await,
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled before connecting"),
     }
 }
 
