@@ -8,7 +8,7 @@
 //! (they apply in order); at a pause and at the end every commit is waited for.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use spool_client::{
 };
 
 use super::output;
+use super::progress::Progress;
 
 /// Printed records between flushes (and, for a group, commits) while records keep coming.
 const FLUSH_EVERY: u64 = 1000;
@@ -138,6 +139,7 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
         Some(group) => consume_group(client, &args, &info, group, &mut printer).await,
         None => consume_plain(client, &args, &info, &mut printer).await,
     };
+    printer.progress.finish();
     match result {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
@@ -161,6 +163,8 @@ struct Printer {
     written: BTreeMap<u32, u64>,
     /// ...and after the last one flushed to stdout.
     flushed: BTreeMap<u32, u64>,
+    /// Shown on a terminal's stderr while the records go elsewhere (`> file`, `| cmd`).
+    progress: Progress,
 }
 
 impl Printer {
@@ -172,6 +176,10 @@ impl Printer {
             unflushed: 0,
             written: BTreeMap::new(),
             flushed: BTreeMap::new(),
+            progress: Progress::new(
+                std::io::stderr().is_terminal() && !std::io::stdout().is_terminal(),
+                "records read",
+            ),
         }
     }
 
@@ -197,6 +205,7 @@ impl Printer {
             self.out.flush()?;
             self.flushed.clone_from(&self.written);
             self.unflushed = 0;
+            self.progress.update(self.printed);
         }
         Ok(())
     }

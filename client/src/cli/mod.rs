@@ -12,6 +12,7 @@
 //! - `queue`: `spool queue create|list|describe|delete|receive|work|redrive`.
 //! - `generate`: `spool completions SHELL` and `spool man`, from the argument tree.
 //! - `output`: aligned tables, human numbers and the JSON form of a record.
+//! - `progress`: the progress bar of long produce and consume runs.
 //!
 //! # Exit codes
 //! - 0: success.
@@ -28,6 +29,7 @@ mod generate;
 mod group;
 mod output;
 mod produce;
+mod progress;
 mod queue;
 mod topic;
 

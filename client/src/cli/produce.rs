@@ -10,17 +10,15 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use spool_client::v1::Header;
 use spool_client::{Client, Producer, ProducerOptions, ProducerRecord};
 use tokio::sync::mpsc;
 
 use super::output;
+use super::progress::Progress;
 
 /// Lines handed from the reading thread to the producer at a time.
 const CHUNK_LINES: usize = 1024;
-/// The progress bar appears once this many records were read (or after one second).
-const PROGRESS_AFTER_RECORDS: u64 = 20_000;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -97,7 +95,10 @@ pub async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
     let reader = std::thread::spawn(move || read_lines(input, tx));
 
     let started = Instant::now();
-    let progress = Progress::new(args.quiet);
+    let progress = Progress::new(
+        !args.quiet && std::io::stderr().is_terminal(),
+        "records sent",
+    );
     let mut pending = FuturesUnordered::new();
     let (mut sent, mut acked, mut failed) = (0u64, 0u64, 0u64);
     let mut first_error: Option<spool_client::Error> = None;
@@ -132,7 +133,7 @@ pub async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
                         pending.push(producer.enqueue(record).await?);
                         sent += 1;
                     }
-                    progress.update(sent, started);
+                    progress.update(sent);
                 }
             },
             Some(r) = pending.next(), if !pending.is_empty() => on_ack(r),
@@ -210,52 +211,5 @@ fn read_lines(input: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Vec<
     }
     if !chunk.is_empty() {
         let _ = tx.blocking_send(Ok(chunk));
-    }
-}
-
-/// A progress bar with the rate, on stderr, only when stderr is a terminal, and only once
-/// the input turns out to be large (so short runs print nothing but the summary).
-struct Progress {
-    bar: Option<ProgressBar>,
-}
-
-impl Progress {
-    fn new(quiet: bool) -> Progress {
-        if quiet || !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
-        }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-        let style =
-            ProgressStyle::with_template("{spinner} {human_pos} records sent  {rate}  {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner())
-                .with_key(
-                    "rate",
-                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(
-                            w,
-                            "{} records/s",
-                            output::count(state.per_sec().round() as u64)
-                        );
-                    },
-                );
-        bar.set_style(style);
-        Progress { bar: Some(bar) }
-    }
-
-    fn update(&self, sent: u64, started: Instant) {
-        let Some(bar) = &self.bar else { return };
-        if bar.is_hidden()
-            && (sent >= PROGRESS_AFTER_RECORDS || started.elapsed() >= Duration::from_secs(1))
-        {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
-            bar.enable_steady_tick(Duration::from_millis(100));
-        }
-        bar.set_position(sent);
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
     }
 }
