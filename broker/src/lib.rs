@@ -11,6 +11,7 @@
 //!   gRPC codes in one place.
 //! - `health`: the `spool.v1.Partitions` health service, NOT_SERVING while a partition failed.
 //! - `metrics`: Prometheus metrics at `/metrics`.
+//! - `rpc_metrics`: the tower layer counting requests and errors by RPC and code.
 //! - `server`: start-up, serving, retention, graceful shutdown.
 //! - `verify`: `spoold verify`, the offline integrity check of a data directory.
 //! - `error`: the broker's error enum.
@@ -32,6 +33,7 @@ pub mod offsets;
 pub mod queue;
 pub mod quota;
 pub mod registry;
+pub mod rpc_metrics;
 pub mod server;
 pub mod service;
 pub mod testing;

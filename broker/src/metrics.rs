@@ -36,6 +36,17 @@ pub struct QuotaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcErrorLabels {
+    pub rpc: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LagLabels {
     pub group: String,
     pub topic: String,
@@ -71,6 +82,10 @@ pub struct Metrics {
     pub read_bytes: Family<TopicLabel, Counter>,
     pub append_latency: Histogram,
     pub fsync_latency: Histogram,
+    /// `Read` latency, from request to answer (a long poll's wait included).
+    read_latency: Histogram,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_errors: Family<RpcErrorLabels, Counter>,
     pub active_subscriptions: Gauge,
     /// Answers queued on Consume streams for members that have not read them yet.
     pub consume_unsent_responses: Gauge,
@@ -83,6 +98,9 @@ pub struct Metrics {
     durable_offset: Family<PartitionLabels, Gauge>,
     partition_fsyncs: Family<PartitionLabels, Gauge>,
     partition_failed: Family<PartitionLabels, Gauge>,
+    partition_disk_bytes: Family<PartitionLabels, Gauge>,
+    disk_free_bytes: Gauge,
+    disk_total_bytes: Gauge,
     consumer_lag: Family<LagLabels, Gauge>,
     queues: QueueMetrics,
 }
@@ -101,6 +119,9 @@ impl Default for Metrics {
             read_bytes: Family::default(),
             append_latency: latency_histogram(),
             fsync_latency: latency_histogram(),
+            read_latency: latency_histogram(),
+            rpc_requests: Family::default(),
+            rpc_errors: Family::default(),
             active_subscriptions: Gauge::default(),
             consume_unsent_responses: Gauge::default(),
             retention_runs: Counter::default(),
@@ -111,6 +132,9 @@ impl Default for Metrics {
             durable_offset: Family::default(),
             partition_fsyncs: Family::default(),
             partition_failed: Family::default(),
+            partition_disk_bytes: Family::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_total_bytes: Gauge::default(),
             consumer_lag: Family::default(),
             queues: QueueMetrics::default(),
             registry: PromRegistry::default(),
@@ -139,6 +163,36 @@ impl Default for Metrics {
             "fsync_latency_seconds",
             "Time appends waited for their fsync",
             m.fsync_latency.clone(),
+        );
+        registry.register(
+            "read_latency_seconds",
+            "Read latency, from request to answer (a long poll's wait included)",
+            m.read_latency.clone(),
+        );
+        registry.register(
+            "rpc_requests",
+            "gRPC requests by RPC (streams counted when they open)",
+            m.rpc_requests.clone(),
+        );
+        registry.register(
+            "rpc_errors",
+            "gRPC requests answered with an error status, by RPC and code (streams: the status they open with)",
+            m.rpc_errors.clone(),
+        );
+        registry.register(
+            "partition_disk_bytes",
+            "Bytes of each partition on disk (segments and indexes)",
+            m.partition_disk_bytes.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Bytes free to the broker on the file system of its data directory",
+            m.disk_free_bytes.clone(),
+        );
+        registry.register(
+            "disk_total_bytes",
+            "Size of the file system of the broker's data directory",
+            m.disk_total_bytes.clone(),
         );
         registry.register(
             "active_subscriptions",
@@ -282,6 +336,26 @@ impl Metrics {
         }
     }
 
+    /// A gRPC request answered with `code` (its canonical name) after `took`.
+    pub fn observe_rpc(&self, rpc: &str, code: &str, took: Duration) {
+        self.rpc_requests
+            .get_or_create(&RpcLabels {
+                rpc: rpc.to_string(),
+            })
+            .inc();
+        if code != "OK" {
+            self.rpc_errors
+                .get_or_create(&RpcErrorLabels {
+                    rpc: rpc.to_string(),
+                    code: code.to_string(),
+                })
+                .inc();
+        }
+        if rpc == "Read" {
+            self.read_latency.observe(took.as_secs_f64());
+        }
+    }
+
     pub fn observe_read(&self, topic: &str, bytes: u64) {
         self.read_bytes
             .get_or_create(&TopicLabel {
@@ -296,7 +370,17 @@ impl Metrics {
         self.durable_offset.clear();
         self.partition_fsyncs.clear();
         self.partition_failed.clear();
+        self.partition_disk_bytes.clear();
         self.consumer_lag.clear();
+        match rustix::fs::statvfs(&inner.config.data_dir) {
+            Ok(s) => {
+                self.disk_free_bytes
+                    .set(s.f_bavail.saturating_mul(s.f_frsize) as i64);
+                self.disk_total_bytes
+                    .set(s.f_blocks.saturating_mul(s.f_frsize) as i64);
+            }
+            Err(e) => tracing::warn!(error = %e, "statvfs of the data directory failed"),
+        }
         let topics = inner.registry.list();
         for t in &topics {
             for p in &t.partitions {
@@ -316,6 +400,9 @@ impl Metrics {
                 self.partition_failed
                     .get_or_create(&labels)
                     .set(i64::from(p.log.failure().is_some()));
+                self.partition_disk_bytes
+                    .get_or_create(&labels)
+                    .set(p.log.size_bytes() as i64);
             }
         }
         for (group, group_topics) in inner.offsets.groups() {

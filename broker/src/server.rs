@@ -174,9 +174,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     }
     let server_token = token.clone();
     let server = builder
-        .layer(tower::util::MapResponseLayer::new(
-            oversized_is_resource_exhausted,
-        ))
+        .layer(crate::rpc_metrics::RpcLayer::new(Arc::clone(&inner)))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
@@ -302,27 +300,6 @@ fn tls_config(tls: &crate::config::TlsConfig) -> Result<tonic::transport::Server
             .client_auth_optional(!tls.require_client_cert);
     }
     Ok(config)
-}
-
-/// tonic answers a request over the decoding limit with `OUT_OF_RANGE`; the API promises
-/// `RESOURCE_EXHAUSTED` (the gRPC convention for a message over a size limit). Rewrites the
-/// status of such trailers-only answers.
-fn oversized_is_resource_exhausted<B>(
-    mut resp: tonic::codegen::http::Response<B>,
-) -> tonic::codegen::http::Response<B> {
-    let headers = resp.headers_mut();
-    let oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers.get("grpc-message").is_some_and(|m| {
-            let m = m.as_bytes();
-            m.windows(9).any(|w| w == b"too%20lar") || m.windows(9).any(|w| w == b"too large")
-        });
-    if oversized {
-        headers.insert(
-            "grpc-status",
-            tonic::codegen::http::HeaderValue::from_static("8"),
-        );
-    }
-    resp
 }
 
 fn local_addr(l: &TcpListener) -> Result<SocketAddr> {

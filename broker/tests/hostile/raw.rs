@@ -97,3 +97,31 @@ pub(super) async fn malformed_grpc_frames(broker: &Broker, w: &mut Witness) {
             .await;
     }
 }
+
+/// A client calling a thousand methods that do not exist gets `UNIMPLEMENTED` each time,
+/// and the request metrics keep one `unknown` label for them: their label set cannot grow
+/// with the paths clients invent.
+#[tokio::test]
+async fn invented_methods_are_unimplemented_and_share_one_metric_label() {
+    let broker = Broker::start();
+    let channel = channel(&broker).await;
+    for i in 0..1_000 {
+        let out = raw_call(&channel, &format!("Invented{i}"), Shape::Unary, vec![]).await;
+        let s = out.expect_err("an invented method");
+        assert_eq!(s.code(), Code::Unimplemented, "{s}");
+    }
+    let metrics = broker.metrics();
+    let labels: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("spool_rpc_requests_total{"))
+        .collect();
+    assert!(
+        labels.contains(&r#"spool_rpc_requests_total{rpc="unknown"} 1000"#),
+        "{labels:?}"
+    );
+    assert!(labels.len() < 10, "{labels:?}");
+    assert!(
+        !metrics.contains("Invented"),
+        "an invented name became a label"
+    );
+}
