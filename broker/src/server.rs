@@ -10,6 +10,7 @@ use spool_proto::v1::broker_server::BrokerServer;
 use spool_storage::{Storage, StorageConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
@@ -140,9 +141,16 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| Error::Task(format!("reflection: {e}")))?;
+    // gzip and zstd request bodies are accepted (the size limit applies to what they
+    // inflate to: a message past it is RESOURCE_EXHAUSTED while decompressing), and answers
+    // are compressed for a client that asks for either.
     let broker = BrokerServer::new(BrokerService::new(Arc::clone(&inner)))
         .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd);
     let authn = Arc::clone(&inner);
     let broker = InterceptedService::new(broker, move |mut req: tonic::Request<()>| {
         let who = authn.auth.authenticate(&req)?;

@@ -59,6 +59,25 @@ pub struct ClientOptions {
     pub tls: Option<TlsOptions>,
     /// A bearer token sent with every call.
     pub token: Option<String>,
+    /// Compress request messages with this codec and ask the broker to compress its
+    /// answers (for a slow link; costs CPU on both ends). `None`: plain messages.
+    pub grpc_compression: Option<GrpcCompression>,
+}
+
+/// A gRPC message compression codec the broker accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcCompression {
+    Gzip,
+    Zstd,
+}
+
+impl GrpcCompression {
+    fn encoding(self) -> tonic::codec::CompressionEncoding {
+        match self {
+            GrpcCompression::Gzip => tonic::codec::CompressionEncoding::Gzip,
+            GrpcCompression::Zstd => tonic::codec::CompressionEncoding::Zstd,
+        }
+    }
 }
 
 impl Default for ClientOptions {
@@ -72,6 +91,7 @@ impl Default for ClientOptions {
             max_retries: 5,
             tls: None,
             token: None,
+            grpc_compression: None,
         }
     }
 }
@@ -142,9 +162,14 @@ impl Client {
             .connect()
             .await
             .map_err(|e| Error::unreachable(&endpoint, &e))?;
-        let raw = BrokerClient::with_interceptor(channel, AuthHeader(header))
+        let mut raw = BrokerClient::with_interceptor(channel, AuthHeader(header))
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
+        if let Some(c) = options.grpc_compression {
+            raw = raw
+                .send_compressed(c.encoding())
+                .accept_compressed(c.encoding());
+        }
         Ok(Client {
             raw,
             endpoint,

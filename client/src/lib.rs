@@ -37,7 +37,7 @@ mod producer;
 mod queue;
 
 pub use backoff::Backoff;
-pub use client::{AuthHeader, Client, ClientOptions, TlsOptions, Transport};
+pub use client::{AuthHeader, Client, ClientOptions, GrpcCompression, TlsOptions, Transport};
 pub use consumer::{
     GroupConsumer, GroupOptions, MAX_PENDING_COMMITS, MemberState, Message, Reader, ReaderOptions,
     Start,

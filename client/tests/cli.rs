@@ -148,6 +148,35 @@ async fn hundred_thousand_lines_round_trip_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_compression_produces_and_consumes_the_same_lines() {
+    let broker = TempBroker::start().await;
+    let e = broker.endpoint();
+    spool(&e, &["topic", "create", "z", "--partitions", "1"])
+        .await
+        .ok();
+    for codec in ["gzip", "zstd"] {
+        spool_in(
+            &e,
+            &["--grpc-compression", codec, "produce", "z", "-q"],
+            Some(seq(1, 2_000)),
+        )
+        .await
+        .ok();
+    }
+    let gzip = spool(
+        &e,
+        &["--grpc-compression", "gzip", "consume", "z", "-n", "4000"],
+    )
+    .await
+    .ok();
+    let mut expected = numbers(1, 2_000);
+    expected.extend(numbers(1, 2_000));
+    assert_eq!(gzip.lines(), expected);
+    let bad = spool(&e, &["--grpc-compression", "brotli", "topic", "list"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_partition_topic_gives_back_the_same_multiset() {
     let broker = TempBroker::start().await;
     let e = broker.endpoint();

@@ -90,8 +90,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "SPOOL_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// Compress requests with this codec and ask for compressed answers (for a slow link).
+    #[arg(long, global = true, env = "SPOOL_GRPC_COMPRESSION", value_enum)]
+    grpc_compression: Option<CompressionArg>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompressionArg {
+    Gzip,
+    Zstd,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +181,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let options = spool_client::ClientOptions {
         tls,
         token: cli.token.clone(),
+        grpc_compression: cli.grpc_compression.map(|c| match c {
+            CompressionArg::Gzip => spool_client::GrpcCompression::Gzip,
+            CompressionArg::Zstd => spool_client::GrpcCompression::Zstd,
+        }),
         ..spool_client::ClientOptions::default()
     };
     let client = Client::connect_with(cli.server.as_str(), options).await?;
