@@ -115,6 +115,12 @@ pub struct BrokerConfig {
     pub quotas: Vec<QuotaConfig>,
     /// Longest a request is delayed by a quota before it is refused, in milliseconds.
     pub quota_max_delay_ms: u64,
+    /// Names besides loopback and the admin listener's address that a console request's
+    /// `Host` may carry (the name a browser uses for the broker behind a proxy or DNS).
+    pub console_hosts: Vec<String>,
+    /// Lets the console and the JSON API change state (produce, redrive) with auth off.
+    /// With auth on they always may, as the caller's token and ACLs allow.
+    pub console_writes: bool,
 }
 
 impl Default for BrokerConfig {
@@ -144,6 +150,8 @@ impl Default for BrokerConfig {
             auth: AuthConfig::default(),
             quotas: Vec::new(),
             quota_max_delay_ms: 5000,
+            console_hosts: Vec::new(),
+            console_writes: false,
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   gRPC codes in one place.
 //! - `health`: the `spool.v1.Partitions` health service, NOT_SERVING while a partition failed.
 //! - `metrics`: Prometheus metrics at `/metrics`.
+//! - `console/`: the web console's JSON API under `/api/v1/` on the same listener.
 //! - `rpc_metrics`: the tower layer counting requests and errors by RPC and code.
 //! - `server`: start-up, serving, retention, graceful shutdown.
 //! - `verify`: `spoold verify`, the offline integrity check of a data directory.
@@ -24,6 +25,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod groups;
 pub mod health;

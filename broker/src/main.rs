@@ -67,6 +67,18 @@ struct Cli {
     /// Refuse clients without a certificate signed by --tls-client-ca.
     #[arg(long, env = "SPOOL_TLS_REQUIRE_CLIENT_CERT")]
     tls_require_client_cert: bool,
+    /// A name the console's requests may carry in `Host` besides loopback and the admin
+    /// listener's address (repeat for several; a guard against DNS rebinding).
+    #[arg(
+        long = "console-host",
+        env = "SPOOL_CONSOLE_HOSTS",
+        value_delimiter = ','
+    )]
+    console_hosts: Vec<String>,
+    /// Let the console and the JSON API produce and redrive with auth off (with auth on,
+    /// tokens and ACLs decide).
+    #[arg(long, env = "SPOOL_CONSOLE_WRITES")]
+    console_writes: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -128,6 +140,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.max_producers {
         config.max_producers = v;
     }
+    config.console_hosts.extend(cli.console_hosts);
+    config.console_writes |= cli.console_writes;
     if let Some(v) = cli.fsync {
         config.topic_defaults.fsync = v;
     }

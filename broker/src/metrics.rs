@@ -482,14 +482,23 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` until `shutdown` is cancelled.
+/// Serves `/metrics`, and the console's JSON API under `/api/v1/` (behind its guard),
+/// until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     inner: Arc<Inner>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::routing::get;
-    let app = axum::Router::new().route(
+    let guard = Arc::new(crate::console::guard::Guard::new(
+        listener.local_addr()?,
+        &inner.config.console_hosts,
+        inner.auth.enabled() || inner.config.console_writes,
+    ));
+    let api = crate::console::api::routes(Arc::clone(&inner)).layer(
+        axum::middleware::from_fn_with_state(guard, crate::console::guard::check),
+    );
+    let app = axum::Router::new().merge(api).route(
         "/metrics",
         get(move || {
             let inner = Arc::clone(&inner);
