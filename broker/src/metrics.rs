@@ -482,7 +482,8 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, and the console's JSON API under `/api/v1/` (behind its guard),
+/// Serves `/metrics`, and the console (its pages at `/` and its JSON API under `/api/v1/`,
+/// behind its guard),
 /// until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -495,9 +496,12 @@ pub async fn serve(
         &inner.config.console_hosts,
         inner.auth.enabled() || inner.config.console_writes,
     ));
-    let api = crate::console::api::routes(Arc::clone(&inner)).layer(
-        axum::middleware::from_fn_with_state(guard, crate::console::guard::check),
-    );
+    let api = crate::console::api::routes(Arc::clone(&inner))
+        .merge(crate::console::pages::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::console::guard::check,
+        ));
     let app = axum::Router::new().merge(api).route(
         "/metrics",
         get(move || {
