@@ -104,10 +104,60 @@ function view(b64, mode) {
   return text;
 }
 
+// ---- charts: a line over the history's samples (SVG, drawn here: no library) -------
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+/** A small line chart of `points` ([x, y] pairs) with its last value as text. */
+function chart(points, label, { width = 160, height = 32 } = {}) {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('width', width);
+  svg.setAttribute('height', height);
+  svg.setAttribute('class', 'chart');
+  if (points.length > 1) {
+    const xs = points.map((p) => p[0]);
+    const ys = points.map((p) => p[1]);
+    const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+    const top = Math.max(...ys, 1);
+    const line = document.createElementNS(SVG, 'polyline');
+    line.setAttribute('points', points.map(([x, y]) =>
+      `${((x - x0) / Math.max(x1 - x0, 1)) * (width - 2) + 1},${height - 1 - (y / top) * (height - 2)}`).join(' '));
+    svg.append(line);
+  }
+  const last = points.length ? points[points.length - 1][1] : 0;
+  return el('span', { class: 'trend' }, svg, ` ${label(last)}`);
+}
+
+/** Per-second rates between consecutive samples of a total. */
+function rates(samples, key) {
+  const out = [];
+  for (let i = 1; i < samples.length; i += 1) {
+    const dt = (num(samples[i].atMs) - num(samples[i - 1].atMs)) / 1000;
+    if (dt > 0) out.push([num(samples[i].atMs), Math.max(0, num(samples[i][key]) - num(samples[i - 1][key])) / dt]);
+  }
+  return out;
+}
+
+/** How far back the history reaches (90 samples). */
+function span(past) {
+  const s = (num(past.sampleMs) * 90) / 1000;
+  return s >= 120 ? `${Math.round(s / 60)} minutes` : `${Math.round(s)} seconds`;
+}
+
+async function history() {
+  try {
+    return await api('/history');
+  } catch {
+    return { topics: [], groups: [] };
+  }
+}
+
 // ---- pages ------------------------------------------------------------------------
 
 async function overview() {
-  const { topics } = await api('/topics');
+  const [{ topics }, past] = await Promise.all([api('/topics'), history()]);
+  const samples = Object.fromEntries(past.topics.map((t) => [t.topic, t.samples]));
+  const perSec = (v) => `${human(Math.round(v))}/s`;
   const records = (t) => t.partitionInfo.reduce((n, p) => n + num(p.endOffset) - num(p.startOffset), 0);
   const size = (t) => t.partitionInfo.reduce((n, p) => n + num(p.sizeBytes), 0);
   const failed = topics.flatMap((t) => t.partitionInfo.filter((p) => p.state === 'PARTITION_STATE_FAILED'));
@@ -120,12 +170,16 @@ async function overview() {
       el('div', { class: 'card' }, el('b', { class: failed.length ? 'paused' : undefined }, failed.length), 'failed partitions')),
     topics.length === 0
       ? el('p', { class: 'muted' }, 'No topics yet.')
-      : table([['Topic'], ['Partitions', true], ['Records', true], ['Size', true], ['Fsync']],
+      : table([['Topic'], ['Partitions', true], ['Records', true], ['Size', true], ['Fsync'],
+        ['Appended (records/s)'], ['Read (bytes/s)']],
         topics.map((t) => [
           el('a', { href: `#/topics/${enc(t.name)}` }, t.name),
           t.partitions, human(records(t)), bytes(size(t)),
           (t.config.fsync || '').replace('FSYNC_POLICY_', '').toLowerCase(),
+          chart(rates(samples[t.name] || [], 'records'), perSec),
+          chart(rates(samples[t.name] || [], 'readBytes'), (v) => `${bytes(v)}/s`),
         ]), { id: 'topics' }),
+    el('p', { class: 'muted' }, `Rates over the last ${span(past)}, a sample every ${num(past.sampleMs) / 1000} s.`),
   );
 }
 
@@ -205,9 +259,12 @@ async function groupsPage() {
 }
 
 async function groupPage(name) {
-  const { topics } = await api(`/groups/${enc(name)}`);
+  const [{ topics }, past] = await Promise.all([api(`/groups/${enc(name)}`), history()]);
+  const lagOf = (topic) => (past.groups.find((g) => g.group === name && g.topic === topic)?.samples || [])
+    .map((s) => [num(s.atMs), num(s.lag)]);
   show(el('h1', {}, `Group ${name}`), ...topics.flatMap((t) => [
     el('h2', {}, `${t.topic} (generation ${t.generation})`),
+    el('p', {}, 'Lag over time: ', chart(lagOf(t.topic), (v) => `${human(v)} records now`, { width: 320, height: 48 })),
     t.members.length === 0 ? el('p', { class: 'muted' }, 'No members.')
       : table([['Member'], ['Partitions'], ['Connected']],
         t.members.map((m) => [m.memberId, m.partitions.join(', '), m.connected ? 'yes' : 'no'])),

@@ -121,6 +121,9 @@ pub struct BrokerConfig {
     /// Lets the console and the JSON API change state (produce, redrive) with auth off.
     /// With auth on they always may, as the caller's token and ACLs allow.
     pub console_writes: bool,
+    /// How often the console's history (append and read totals, group lag) is sampled, in
+    /// milliseconds; 90 samples are kept (15 minutes at the default).
+    pub console_sample_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -152,6 +155,7 @@ impl Default for BrokerConfig {
             quota_max_delay_ms: 5000,
             console_hosts: Vec::new(),
             console_writes: false,
+            console_sample_ms: 10_000,
         }
     }
 }

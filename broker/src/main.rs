@@ -79,6 +79,9 @@ struct Cli {
     /// tokens and ACLs decide).
     #[arg(long, env = "SPOOL_CONSOLE_WRITES")]
     console_writes: bool,
+    /// How often the console's charts are sampled, in milliseconds [default: 10000].
+    #[arg(long, env = "SPOOL_CONSOLE_SAMPLE_MS")]
+    console_sample_ms: Option<u64>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -142,6 +145,9 @@ fn main() -> anyhow::Result<()> {
     }
     config.console_hosts.extend(cli.console_hosts);
     config.console_writes |= cli.console_writes;
+    if let Some(v) = cli.console_sample_ms {
+        config.console_sample_ms = v;
+    }
     if let Some(v) = cli.fsync {
         config.topic_defaults.fsync = v;
     }

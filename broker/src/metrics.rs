@@ -405,26 +405,14 @@ impl Metrics {
                     .set(p.log.size_bytes() as i64);
             }
         }
-        for (group, group_topics) in inner.offsets.groups() {
-            for name in group_topics {
-                let Ok(topic) = inner.registry.get(&name) else {
-                    continue;
-                };
-                let committed = inner.offsets.get(&group, &name);
-                for p in &topic.partitions {
-                    let end = p.log.end_offset();
-                    let from = committed
-                        .get(&p.index)
-                        .map_or(p.log.start_offset(), |c| c.offset);
-                    self.consumer_lag
-                        .get_or_create(&LagLabels {
-                            group: group.clone(),
-                            topic: name.clone(),
-                            partition: p.index,
-                        })
-                        .set(end.saturating_sub(from) as i64);
-                }
-            }
+        for (group, topic, partition, lag) in group_lags(inner) {
+            self.consumer_lag
+                .get_or_create(&LagLabels {
+                    group,
+                    topic,
+                    partition,
+                })
+                .set(lag as i64);
         }
         self.render_queues(inner);
         let mut out = String::new();
@@ -435,7 +423,38 @@ impl Metrics {
     }
 }
 
+/// (group, topic, partition, lag) of every group with commits: the records between its
+/// committed offset (or the start, if none) and the end.
+pub fn group_lags(inner: &Inner) -> Vec<(String, String, u32, u64)> {
+    let mut out = Vec::new();
+    for (group, group_topics) in inner.offsets.groups() {
+        for name in group_topics {
+            let Ok(topic) = inner.registry.get(&name) else {
+                continue;
+            };
+            let committed = inner.offsets.get(&group, &name);
+            for p in &topic.partitions {
+                let from = committed
+                    .get(&p.index)
+                    .map_or(p.log.start_offset(), |c| c.offset);
+                let lag = p.log.end_offset().saturating_sub(from);
+                out.push((group.clone(), name.clone(), p.index, lag));
+            }
+        }
+    }
+    out
+}
+
 impl Metrics {
+    /// Payload bytes served of `topic` since the broker started.
+    pub fn read_bytes_of(&self, topic: &str) -> u64 {
+        self.read_bytes
+            .get(&TopicLabel {
+                topic: topic.to_string(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
     fn render_queues(&self, inner: &Inner) {
         let m = &self.queues;
         m.ready.clear();

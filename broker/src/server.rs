@@ -112,6 +112,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         groups: Arc::new(crate::groups::Coordinator::default()),
         partition_events,
         shutdown: token.clone(),
+        history: Default::default(),
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -208,6 +209,11 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         token.clone(),
     ));
     let retention_task = tokio::spawn(retention_loop(Arc::clone(&inner)));
+    // Ends with the runtime: it holds nothing that needs flushing.
+    tokio::spawn(crate::console::history::run(
+        Arc::clone(&inner),
+        token.clone(),
+    ));
     let dead_letter_task = tokio::spawn(crate::queue::dead_letter::run(
         Arc::clone(&inner.queues),
         Arc::clone(&inner.registry),

@@ -318,3 +318,56 @@ async fn the_pages_are_served_with_a_script_src_self_policy() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_history_samples_totals_and_lag_into_bounded_rings() {
+    let b = Broker::start_with(&["--console-sample-ms", "20"]);
+    let mut c = b.client().await;
+    create_topic(&mut c, "t", 1, FsyncPolicy::Never).await;
+    append(&mut c, "t", 0, recs("r", 0..3)).await;
+    commit(&mut c, "g", "t", 0, 1).await;
+    let sampled = |h: &Value, records: &str, lag: &str| {
+        let topic = h["topics"].as_array()?.iter().find(|t| t["topic"] == "t")?;
+        let group = h["groups"].as_array()?.iter().find(|g| g["group"] == "g")?;
+        let last = |s: &Value, k: &str| {
+            s["samples"].as_array()?.last()?[k]
+                .as_str()
+                .map(str::to_string)
+        };
+        (last(topic, "records")? == records && last(group, "lag")? == lag).then_some(())
+    };
+    within("a sample of t and g", async {
+        while sampled(&get(&b, "/api/v1/history").1, "3", "2").is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    append(&mut c, "t", 0, recs("more", 0..2)).await;
+    within("a later sample", async {
+        while sampled(&get(&b, "/api/v1/history").1, "5", "4").is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // After more than 90 samples the ring holds 90, oldest first.
+    let full = within("a full ring", async {
+        loop {
+            let h = get(&b, "/api/v1/history").1;
+            let n = h["topics"][0]["samples"].as_array().map_or(0, Vec::len);
+            assert!(n <= 90, "{n} samples");
+            if n == 90 {
+                return h;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let at: Vec<i64> = full["topics"][0]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["atMs"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "in time order");
+    assert_eq!(full["sampleMs"], "20");
+}

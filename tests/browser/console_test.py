@@ -3,7 +3,8 @@
 chromium and chromium-driver; the W3C protocol spoken with the standard library, no
 Selenium) against real `spoold`s with data made by the `spool` CLI.
 
-Checks: the overview lists the topics; a topic page shows the records produced; a
+Checks: the overview lists the topics, with append and read rates charted from the
+broker's history; a topic page shows the records produced; a
 record holding markup is shown as text (nothing of it runs or renders); producing from
 the page makes a record that the API's Read returns; a group's lag on its page is what
 DescribeGroup says; a queue page redrives; with auth on, the page without a token shows
@@ -174,7 +175,7 @@ MARKUP = '<script>window.pwned = 1</script><b id="injected">bold</b>'
 
 
 def test_pages_against_a_broker_with_data(browser):
-    b = Spoold("--console-writes")
+    b = Spoold("--console-writes", "--console-sample-ms", "100")
     try:
         b.cli("topic", "create", "orders", "--partitions", "2")
         b.cli("topic", "create", "audit", "--partitions", "1")
@@ -189,6 +190,14 @@ def test_pages_against_a_broker_with_data(browser):
             const rows = document.querySelectorAll('#topics tbody tr');
             return rows.length ? Array.from(rows, r => r.cells[0].textContent) : null;""")
         assert names == ["audit", "orders", "orders.jobs.dlq"], names
+
+        # Rates over time: once the history holds a few samples, each topic has a line.
+        def charted():
+            browser.go(f"{b.url}/?load={time.monotonic()}#/")  # a new URL: a fresh load
+            return browser.wait("the topics again", """
+                const rows = document.querySelectorAll('#topics tbody tr');
+                return rows.length ? [document.querySelectorAll('#topics svg.chart polyline').length] : null;""")[0] >= 6
+        eventually("a rate chart per topic", charted)
         browser.screenshot("overview")
 
         browser.go(b.url + "/#/topics/orders")

@@ -19,6 +19,7 @@ use spool_proto::v1::*;
 use tonic::Status;
 
 use super::json;
+use crate::auth::{Operation as Op, Principal, Resource};
 use crate::service::{BrokerService, Inner};
 
 pub fn routes(inner: Arc<Inner>) -> Router {
@@ -35,6 +36,7 @@ pub fn routes(inner: Arc<Inner>) -> Router {
         .route("/api/v1/queues", get(list_queues))
         .route("/api/v1/queues/{topic}/{queue}", get(describe_queue))
         .route("/api/v1/queues/{topic}/{queue}/redrive", post(redrive))
+        .route("/api/v1/history", get(history))
         .with_state(inner)
 }
 
@@ -54,19 +56,10 @@ where
     Resp: prost::Message,
 {
     let mut req = tonic::Request::new(request);
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        match auth.to_str().ok().and_then(|a| a.parse().ok()) {
-            Some(v) => {
-                req.metadata_mut().insert("authorization", v);
-            }
-            None => return error(Status::unauthenticated("missing or invalid credentials")),
-        }
-    }
-    let who = match inner.auth.authenticate(&req) {
-        Ok(who) => who,
+    match caller(inner, headers) {
+        Ok(who) => req.extensions_mut().insert(who),
         Err(s) => return error(s),
     };
-    req.extensions_mut().insert(who);
     match call(BrokerService::new(Arc::clone(inner)), req).await {
         Ok(resp) => (
             [(header::CONTENT_TYPE, "application/json")],
@@ -75,6 +68,70 @@ where
             .into_response(),
         Err(s) => error(s),
     }
+}
+
+/// Who sent an HTTP request: its `Authorization` header checked as a gRPC call's would be.
+fn caller(inner: &Inner, headers: &HeaderMap) -> Result<Principal, Status> {
+    let mut probe = tonic::Request::new(());
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let value = auth
+            .to_str()
+            .ok()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Status::unauthenticated("missing or invalid credentials"))?;
+        probe.metadata_mut().insert("authorization", value);
+    }
+    inner.auth.authenticate(&probe)
+}
+
+/// The console's history: per topic the record and read-byte totals, per (group, topic)
+/// the lag, sampled every `sampleMs`; only what the caller may describe.
+async fn history(State(i): State<Arc<Inner>>, h: HeaderMap) -> Response {
+    let who = match caller(&i, &h) {
+        Ok(who) => who,
+        Err(s) => return error(s),
+    };
+    let topics: Vec<serde_json::Value> = i
+        .history
+        .topics()
+        .into_iter()
+        .filter(|(t, _)| i.auth.allows(&who, Op::Describe, Resource::Topic(t)))
+        .map(|(topic, samples)| {
+            let samples: Vec<serde_json::Value> = samples
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "atMs": s.at_ms.to_string(),
+                        "records": s.records.to_string(),
+                        "readBytes": s.read_bytes.to_string(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "topic": topic, "samples": samples })
+        })
+        .collect();
+    let groups: Vec<serde_json::Value> = i
+        .history
+        .groups()
+        .into_iter()
+        .filter(|((g, t), _)| {
+            i.auth.allows(&who, Op::Describe, Resource::Group(g))
+                && i.auth.allows(&who, Op::Describe, Resource::Topic(t))
+        })
+        .map(|((group, topic), samples)| {
+            let samples: Vec<serde_json::Value> = samples
+                .iter()
+                .map(|s| serde_json::json!({ "atMs": s.at_ms.to_string(), "lag": s.lag.to_string() }))
+                .collect();
+            serde_json::json!({ "group": group, "topic": topic, "samples": samples })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "sampleMs": i.config.console_sample_ms.to_string(),
+        "topics": topics,
+        "groups": groups,
+    }))
+    .into_response()
 }
 
 /// A gRPC status as an HTTP answer: `{"code": "NOT_FOUND", "message": "..."}`.

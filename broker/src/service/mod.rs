@@ -45,6 +45,8 @@ pub struct Inner {
     pub partition_events: crate::health::PartitionEvents,
     /// Cancelled when the broker shuts down: open streams end with `UNAVAILABLE`.
     pub shutdown: CancellationToken,
+    /// Activity and lag over the last minutes, for the console.
+    pub history: crate::console::history::History,
 }
 
 /// The tonic service: a cheap handle on [`Inner`].
