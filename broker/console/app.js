@@ -155,7 +155,7 @@ async function history() {
 // ---- pages ------------------------------------------------------------------------
 
 async function overview() {
-  const [{ topics }, past] = await Promise.all([api('/topics'), history()]);
+  const [{ topics }, past, node] = await Promise.all([api('/topics'), history(), api('/node')]);
   const samples = Object.fromEntries(past.topics.map((t) => [t.topic, t.samples]));
   const perSec = (v) => `${human(Math.round(v))}/s`;
   const records = (t) => t.partitionInfo.reduce((n, p) => n + num(p.endOffset) - num(p.startOffset), 0);
@@ -163,6 +163,10 @@ async function overview() {
   const failed = topics.flatMap((t) => t.partitionInfo.filter((p) => p.state === 'PARTITION_STATE_FAILED'));
   show(
     el('h1', {}, 'Topics'),
+    el('p', { id: 'node' }, `Broker ${node.version}: `,
+      el('span', { class: node.health === 'SERVING' ? undefined : 'paused' },
+        node.health === 'SERVING' ? 'serving' : `${node.failedPartitions.length} partitions failed`),
+      `; auth ${node.auth ? 'on' : 'off'}; console writes ${node.consoleWrites ? 'on' : 'off'}.`),
     el('div', { class: 'cards' },
       el('div', { class: 'card' }, el('b', { id: 'topic-count' }, topics.length), 'topics'),
       el('div', { class: 'card' }, el('b', {}, human(topics.reduce((n, t) => n + records(t), 0))), 'records'),
@@ -189,8 +193,10 @@ async function topicPage(name) {
   const partition = el('select', { name: 'partition' },
     topic.partitionInfo.map((p) => el('option', { value: p.partition }, `partition ${p.partition}`)));
   const from = el('select', { name: 'from' },
-    el('option', { value: 'end' }, 'the last'), el('option', { value: 'offset' }, 'from offset'));
+    el('option', { value: 'end' }, 'the last'), el('option', { value: 'offset' }, 'from offset'),
+    el('option', { value: 'time' }, 'from time'));
   const offset = el('input', { name: 'offset', type: 'number', min: 0, value: 0, size: 8 });
+  const time = el('input', { name: 'time', type: 'datetime-local', step: 1 });
   const count = el('input', { name: 'count', type: 'number', min: 1, max: 1000, value: 20, size: 5 });
   const mode = el('select', { name: 'mode' },
     ['auto', 'text', 'hex'].map((m) => el('option', { value: m }, m === 'auto' ? 'JSON or text' : m)));
@@ -199,11 +205,12 @@ async function topicPage(name) {
     ev?.preventDefault();
     const p = topic.partitionInfo[Number(partition.value)];
     const n = Number(count.value) || 20;
-    const start = from.value === 'end'
-      ? Math.max(num(p.startOffset), num(p.endOffset) - n)
-      : Number(offset.value) || 0;
+    let where;
+    if (from.value === 'end') where = `offset=${Math.max(num(p.startOffset), num(p.endOffset) - n)}`;
+    else if (from.value === 'time') where = `timestamp_ms=${new Date(time.value).getTime() || 0}`;
+    else where = `offset=${Number(offset.value) || 0}`;
     try {
-      const { records } = await api(`/topics/${enc(name)}/partitions/${p.partition}/records?offset=${start}&max_records=${n}`);
+      const { records } = await api(`/topics/${enc(name)}/partitions/${p.partition}/records?${where}&max_records=${n}`);
       out.replaceChildren(records.length === 0
         ? el('p', { class: 'muted' }, 'No records there.')
         : table([['Offset', true], ['Time'], ['Key'], ['Value'], ['Headers']], records.map((r) => [
@@ -241,7 +248,8 @@ async function topicPage(name) {
         human(num(p.endOffset) - num(p.startOffset)), bytes(p.sizeBytes),
         p.state === 'PARTITION_STATE_FAILED' ? el('span', { class: 'paused' }, `failed: ${p.failure}`) : 'ok'])),
     el('h2', {}, 'Browse records'),
-    el('form', { class: 'inline', onsubmit: browse, id: 'browse' }, partition, from, count, 'records', offset, mode,
+    el('form', { class: 'inline', onsubmit: browse, id: 'browse' }, partition, from, count, 'records;', 'offset', offset,
+      'time', time, mode,
       el('button', { type: 'submit' }, 'Show')),
     out,
     el('h2', {}, 'Produce a test record'),

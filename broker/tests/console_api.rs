@@ -108,6 +108,31 @@ async fn the_json_api_answers_what_the_grpc_api_does() {
         .collect();
     assert_eq!(offsets, ["1", "2"]);
     assert_eq!(read["records"][0]["value"], "ci0x", "bytes as base64 (r-1)");
+    // From a timestamp: the first record at or after it (all were appended just now).
+    let (s, early) = get(&b, "/api/v1/topics/t/partitions/0/records?timestamp_ms=0");
+    assert_eq!(
+        (s, early["records"][0]["offset"].as_str()),
+        (200, Some("0")),
+        "{early}"
+    );
+    let (s, late) = get(
+        &b,
+        "/api/v1/topics/t/partitions/0/records?timestamp_ms=4102444800000",
+    );
+    assert_eq!(
+        (s, late["records"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{late}"
+    );
+    let (s, node) = get(&b, "/api/v1/node");
+    assert_eq!(
+        (s, node["health"].as_str(), node["auth"].as_bool()),
+        (200, Some("SERVING"), Some(false))
+    );
+    assert!(
+        node["version"].as_str().is_some_and(|v| !v.is_empty()),
+        "{node}"
+    );
     let (s, group) = get(&b, "/api/v1/groups/billing?topic=t");
     assert_eq!(s, 200, "{group}");
     assert_eq!(group["topics"][0]["partitions"][0]["committed"], "1");

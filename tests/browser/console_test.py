@@ -3,7 +3,7 @@
 chromium and chromium-driver; the W3C protocol spoken with the standard library, no
 Selenium) against real `spoold`s with data made by the `spool` CLI.
 
-Checks: the overview lists the topics, with append and read rates charted from the
+Checks: the overview lists the topics and the broker's health, with append and read rates charted from the
 broker's history; a topic page shows the records produced; a
 record holding markup is shown as text (nothing of it runs or renders); producing from
 the page makes a record that the API's Read returns; a group's lag on its page is what
@@ -190,6 +190,8 @@ def test_pages_against_a_broker_with_data(browser):
             const rows = document.querySelectorAll('#topics tbody tr');
             return rows.length ? Array.from(rows, r => r.cells[0].textContent) : null;""")
         assert names == ["audit", "orders", "orders.jobs.dlq"], names
+        node = browser.js("return document.getElementById('node').textContent")
+        assert "serving" in node and "console writes on" in node, node
 
         # Rates over time: once the history holds a few samples, each topic has a line.
         def charted():
@@ -208,6 +210,19 @@ def test_pages_against_a_broker_with_data(browser):
         assert json.loads(values[-1]) == {"order": 29, "total": 290}, values[-1]
         assert values[-1].startswith("{\n"), "JSON values are pretty-printed"
         browser.screenshot("topic")
+        # From a time: before every record, the first 20; after them all, none.
+        for when, expect in [("2000-01-01T00:00:00", "0"), ("2100-01-01T00:00:00", None)]:
+            browser.js("""
+                const f = document.getElementById('browse');
+                document.getElementById('records').replaceChildren();
+                f.from.value = 'time'; f.time.value = arguments[0];
+                f.querySelector('button').click();""", when)
+            first = browser.wait(f"records from {when}", """
+                const r = document.getElementById('records');
+                if (!r.firstChild) return null;
+                const row = r.querySelector('tbody tr');
+                return [row ? row.cells[0].textContent : null];""")
+            assert first == [expect], (when, first)
 
         # A value holding markup is text: nothing renders, nothing runs.
         browser.go(b.url + "/#/topics/audit")

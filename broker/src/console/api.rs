@@ -37,6 +37,7 @@ pub fn routes(inner: Arc<Inner>) -> Router {
         .route("/api/v1/queues/{topic}/{queue}", get(describe_queue))
         .route("/api/v1/queues/{topic}/{queue}/redrive", post(redrive))
         .route("/api/v1/history", get(history))
+        .route("/api/v1/node", get(node))
         .with_state(inner)
 }
 
@@ -82,6 +83,34 @@ fn caller(inner: &Inner, headers: &HeaderMap) -> Result<Principal, Status> {
         probe.metadata_mut().insert("authorization", value);
     }
     inner.auth.authenticate(&probe)
+}
+
+/// The broker's own state for the overview: its version, whether auth and console writes
+/// are on, and its failed partitions (as the `spool.v1.Partitions` health service sees it).
+async fn node(State(i): State<Arc<Inner>>, h: HeaderMap) -> Response {
+    if let Err(s) = caller(&i, &h) {
+        return error(s);
+    }
+    let failed: Vec<serde_json::Value> = i
+        .registry
+        .list()
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().filter_map(|p| {
+                p.failure().map(
+                    |f| serde_json::json!({ "topic": t.name, "partition": p.index, "failure": f }),
+                )
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "health": if failed.is_empty() { "SERVING" } else { "PARTITIONS_FAILED" },
+        "auth": i.auth.enabled(),
+        "consoleWrites": i.auth.enabled() || i.config.console_writes,
+        "failedPartitions": failed,
+    }))
+    .into_response()
 }
 
 /// The console's history: per topic the record and read-byte totals, per (group, topic)
@@ -194,7 +223,8 @@ async fn describe_topic(
     .await
 }
 
-/// `?offset=N&max_records=M&max_bytes=B`: records from `offset` (default 0); no long poll.
+/// `?offset=N&max_records=M&max_bytes=B`: records from `offset` (default 0), or from the
+/// first at or after `timestamp_ms=T`; no long poll.
 async fn read_records(
     State(i): State<Arc<Inner>>,
     h: HeaderMap,
@@ -209,6 +239,14 @@ async fn read_records(
         (Ok(o), Ok(m), Ok(b)) => (o.unwrap_or(0), m.unwrap_or(0), b.unwrap_or(0)),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return error(e),
     };
+    let offset = match number::<i64>(&q, "timestamp_ms") {
+        Ok(None) => offset,
+        Ok(Some(ts)) => match offset_at(&i, &h, &topic, partition, ts).await {
+            Ok(o) => o,
+            Err(s) => return error(s),
+        },
+        Err(e) => return error(e),
+    };
     let req = ReadRequest {
         topic,
         partition,
@@ -221,6 +259,26 @@ async fn read_records(
         s.read(r).await
     })
     .await
+}
+
+/// The first offset of `partition` whose record's timestamp is at or after `ts` (the
+/// lookup a `Subscribe` from `KIND_TIMESTAMP` makes), for a caller that may read the topic.
+async fn offset_at(
+    i: &Arc<Inner>,
+    h: &HeaderMap,
+    topic: &str,
+    partition: u32,
+    ts: i64,
+) -> Result<u64, Status> {
+    let who = caller(i, h)?;
+    i.auth.check(&who, Op::Read, Resource::Topic(topic))?;
+    let t = i.registry.get(topic)?;
+    let log = Arc::clone(&t.partition(partition)?.log);
+    // A time-index lookup reads the disk: not on the async runtime.
+    let found = tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts))
+        .await
+        .map_err(|e| Status::internal(format!("timestamp lookup: {e}")))?;
+    Ok(found.map_err(crate::error::Error::from)?)
 }
 
 async fn list_groups(State(i): State<Arc<Inner>>, h: HeaderMap, q: Params) -> Response {
