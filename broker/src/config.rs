@@ -124,6 +124,9 @@ pub struct BrokerConfig {
     /// How often the console's history (append and read totals, group lag) is sampled, in
     /// milliseconds; 90 samples are kept (15 minutes at the default).
     pub console_sample_ms: u64,
+    /// `/metrics` answers only a caller whose token (or certificate) has `describe` on
+    /// `cluster` (needs auth on). Off: `/metrics` is open, as a scraper on loopback expects.
+    pub metrics_auth: bool,
 }
 
 impl Default for BrokerConfig {
@@ -156,6 +159,7 @@ impl Default for BrokerConfig {
             console_hosts: Vec::new(),
             console_writes: false,
             console_sample_ms: 10_000,
+            metrics_auth: false,
         }
     }
 }
@@ -170,6 +174,13 @@ impl BrokerConfig {
 
     /// Checks values the broker cannot run with.
     pub fn validate(&self) -> Result<(), String> {
+        let auth = &self.auth;
+        if self.metrics_auth && auth.tokens.is_empty() && !auth.mtls_identity && auth.acl.is_empty()
+        {
+            return Err(
+                "metrics_auth (--metrics-auth) needs auth on: configure [auth] tokens or mtls_identity, or leave /metrics open".into(),
+            );
+        }
         let d = &self.topic_defaults;
         if !matches!(d.fsync.as_str(), "always" | "interval" | "never") {
             return Err(format!(
@@ -216,6 +227,21 @@ impl BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_auth_needs_auth_on() {
+        let open = BrokerConfig {
+            metrics_auth: true,
+            ..BrokerConfig::default()
+        };
+        assert!(open.validate().unwrap_err().contains("needs auth on"));
+        let with_tokens = BrokerConfig {
+            metrics_auth: true,
+            auth: toml::from_str("tokens = [{ principal = \"p\", sha256 = \"abababababababababababababababababababababababababababababababab\" }]").unwrap(),
+            ..BrokerConfig::default()
+        };
+        assert_eq!(with_tokens.validate(), Ok(()));
+    }
 
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {

@@ -82,6 +82,10 @@ struct Cli {
     /// How often the console's charts are sampled, in milliseconds [default: 10000].
     #[arg(long, env = "SPOOL_CONSOLE_SAMPLE_MS")]
     console_sample_ms: Option<u64>,
+    /// Serve /metrics only to callers with `describe` on `cluster` (auth must be on;
+    /// Prometheus sends the token with `authorization: { credentials: ... }`).
+    #[arg(long, env = "SPOOL_METRICS_AUTH")]
+    metrics_auth: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -148,6 +152,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.console_sample_ms {
         config.console_sample_ms = v;
     }
+    config.metrics_auth |= cli.metrics_auth;
     if let Some(v) = cli.fsync {
         config.topic_defaults.fsync = v;
     }

@@ -509,6 +509,7 @@ pub async fn serve(
     inner: Arc<Inner>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::response::IntoResponse as _;
     use axum::routing::get;
     let guard = Arc::new(crate::console::guard::Guard::new(
         listener.local_addr()?,
@@ -523,9 +524,19 @@ pub async fn serve(
         ));
     let app = axum::Router::new().merge(api).route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let inner = Arc::clone(&inner);
             async move {
+                if inner.config.metrics_auth
+                    && let Err(s) = crate::console::api::admit(
+                        &inner,
+                        &headers,
+                        crate::auth::Operation::Describe,
+                        crate::auth::Resource::Cluster,
+                    )
+                {
+                    return crate::console::api::error(s);
+                }
                 // Rendering reads a record per queue partition (queue ages): not on the
                 // async runtime.
                 let body = tokio::task::spawn_blocking(move || inner.metrics.render(&inner))
@@ -538,6 +549,7 @@ pub async fn serve(
                     )],
                     body,
                 )
+                    .into_response()
             }
         }),
     );

@@ -12,6 +12,21 @@ use common::*;
 use serde_json::Value;
 use spool_proto::v1::*;
 
+/// A GET of `path` with `headers`: the head (lowercased) and the body, as text.
+fn raw_get(b: &Broker, path: &str, headers: &[(&str, &str)]) -> (String, String) {
+    let mut s = TcpStream::connect(b.metrics_addr).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n", b.metrics_addr);
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
 /// One HTTP/1.0 request to the admin listener; the status and the JSON body.
 fn http(
     b: &Broker,
@@ -250,32 +265,80 @@ async fn unknown_hosts_and_state_changes_without_json_or_consent_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn with_auth_on_the_api_applies_the_callers_token_and_acls() {
+/// A config file with `tokens` (principal, token) and ACL `rules` (principal, resource,
+/// quoted operations); its path.
+fn auth_config(
+    dir: &std::path::Path,
+    tokens: &[(&str, &str)],
+    rules: &[(&str, &str, &str)],
+) -> std::path::PathBuf {
     use sha2::Digest;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spool.toml");
     let hex = |t: &str| -> String {
         sha2::Sha256::digest(t.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
     };
-    std::fs::write(
-        &config,
-        format!(
-            r#"[auth]
-tokens = [{{ principal = "admin", sha256 = "{}" }}, {{ principal = "viewer", sha256 = "{}" }}]
-acl = [
-  {{ principal = "admin", resource = "topic:*", operations = ["create", "describe", "append", "read"] }},
-  {{ principal = "viewer", resource = "topic:t", operations = ["describe"] }},
-]
-"#,
-            hex("admin-token"),
-            hex("viewer-token")
-        ),
-    )
-    .unwrap();
+    let tokens: Vec<String> = tokens
+        .iter()
+        .map(|(p, t)| format!("{{ principal = \"{p}\", sha256 = \"{}\" }}", hex(t)))
+        .collect();
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|(p, r, ops)| {
+            format!("{{ principal = \"{p}\", resource = \"{r}\", operations = [{ops}] }}")
+        })
+        .collect();
+    let path = dir.join("spool.toml");
+    let text = format!(
+        "[auth]\ntokens = [{}]\nacl = [{}]\n",
+        tokens.join(", "),
+        rules.join(", ")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_token_with_describe_on_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = auth_config(
+        dir.path(),
+        &[("scraper", "scrape-token"), ("app", "app-token")],
+        &[
+            ("scraper", "cluster", "\"describe\""),
+            ("app", "topic:*", "\"describe\""),
+        ],
+    );
+    let b = Broker::start_with(&["--config", config.to_str().unwrap(), "--metrics-auth"]);
+    let status = |head: &str| head.split(' ').nth(1).unwrap_or("").to_string();
+    let (head, _) = raw_get(&b, "/metrics", &[]);
+    assert_eq!(status(&head), "401", "{head}");
+    let (head, _) = raw_get(&b, "/metrics", &[("Authorization", "Bearer app-token")]);
+    assert_eq!(status(&head), "403", "{head}");
+    let (head, body) = raw_get(&b, "/metrics", &[("Authorization", "Bearer scrape-token")]);
+    assert_eq!(status(&head), "200", "{head}");
+    assert!(
+        body.contains("# TYPE spool_appended_records counter"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn with_auth_on_the_api_applies_the_callers_token_and_acls() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = auth_config(
+        dir.path(),
+        &[("admin", "admin-token"), ("viewer", "viewer-token")],
+        &[
+            (
+                "admin",
+                "topic:*",
+                "\"create\", \"describe\", \"append\", \"read\"",
+            ),
+            ("viewer", "topic:t", "\"describe\""),
+        ],
+    );
     let b = Broker::start_with(&["--config", config.to_str().unwrap()]);
     assert_eq!(
         outcome(&as_(&b, None, "GET", "/api/v1/topics/t", "")),
@@ -323,11 +386,7 @@ async fn the_pages_are_served_with_a_script_src_self_policy() {
         ("/console/app.js", "text/javascript"),
         ("/console/style.css", "text/css"),
     ] {
-        let mut s = TcpStream::connect(b.metrics_addr).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", b.metrics_addr).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let head = resp.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        let (head, _) = raw_get(&b, path, &[]);
         assert!(head.starts_with("http/1.0 200"), "{path}: {head}");
         assert!(
             head.contains(&format!("content-type: {kind}")),

@@ -71,6 +71,18 @@ where
     }
 }
 
+/// Authenticates an HTTP request and checks that its caller may `op` on `resource`.
+pub fn admit(
+    inner: &Inner,
+    headers: &HeaderMap,
+    op: Op,
+    resource: Resource<'_>,
+) -> Result<Principal, Status> {
+    let who = caller(inner, headers)?;
+    inner.auth.check(&who, op, resource)?;
+    Ok(who)
+}
+
 /// Who sent an HTTP request: its `Authorization` header checked as a gRPC call's would be.
 fn caller(inner: &Inner, headers: &HeaderMap) -> Result<Principal, Status> {
     let mut probe = tonic::Request::new(());
