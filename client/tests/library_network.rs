@@ -135,7 +135,14 @@ async fn a_group_member_resumes_from_its_commits_after_dropped_connections() {
             .iter()
             .find(|o| o.partition == p.partition)
             .and_then(|o| o.committed);
-        assert_eq!(committed, Some(p.end_offset), "partition {}", p.partition);
+        // The producer fills partitions a batch at a time, so one may stay empty, with
+        // nothing to commit: no commit counts as one at its start.
+        assert_eq!(
+            committed.unwrap_or(p.start_offset),
+            p.end_offset,
+            "partition {}",
+            p.partition
+        );
     }
     assert!(proxy.connections() > 1, "the member never reconnected");
 }
