@@ -63,6 +63,11 @@ fn http(
     (status, json)
 }
 
+/// `GET /api/v1/topics` naming `host` in its `Host` header.
+fn topics_as_host(b: &Broker, host: &str) -> (u16, Value) {
+    http(b, "GET", "/api/v1/topics", &[("Host", host)], "")
+}
+
 fn get(b: &Broker, path: &str) -> (u16, Value) {
     http(b, "GET", path, &[], "")
 }
@@ -186,13 +191,7 @@ async fn unknown_hosts_and_state_changes_without_json_or_consent_are_refused() {
     let b = Broker::start();
     let mut c = b.client().await;
     create_topic(&mut c, "t", 1, FsyncPolicy::Never).await;
-    let (s, e) = http(
-        &b,
-        "GET",
-        "/api/v1/topics",
-        &[("Host", "evil.example:7451")],
-        "",
-    );
+    let (s, e) = topics_as_host(&b, "evil.example:7451");
     assert_eq!(s, 403, "{e}");
     assert!(
         e["message"].as_str().unwrap().contains("--console-host"),
@@ -216,13 +215,7 @@ async fn unknown_hosts_and_state_changes_without_json_or_consent_are_refused() {
     let b = Broker::start_with(&["--console-writes", "--console-host", "spool.example"]);
     let mut c = b.client().await;
     create_topic(&mut c, "t", 1, FsyncPolicy::Never).await;
-    let (s, _) = http(
-        &b,
-        "GET",
-        "/api/v1/topics",
-        &[("Host", "spool.example:7451")],
-        "",
-    );
+    let (s, _) = topics_as_host(&b, "spool.example:7451");
     assert_eq!(s, 200);
     let (s, e) = http(
         &b,

@@ -85,6 +85,24 @@ function startBroker() {
   });
 }
 
+/**
+ * One spoold for the test file that calls this: started before its tests, stopped after
+ * them (it must exit 0 on SIGTERM). Its fields (`client`, `address`, ...) are set once the
+ * file's tests run.
+ */
+function brokerForThisFile() {
+  const { before, after } = require('node:test');
+  const assert = require('node:assert/strict');
+  const broker = {};
+  before(async () => {
+    Object.assign(broker, await startBroker());
+  });
+  after(async () => {
+    assert.equal(await broker.stop(), 0, 'spoold exits 0 on SIGTERM');
+  });
+  return broker;
+}
+
 /** A unary call as a promise: `unary(client, 'CreateTopic', {...})`. */
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
@@ -125,4 +143,4 @@ async function eventually(what, cond) {
   }
 }
 
-module.exports = { grpc, spool, PATIENCE_MS, startBroker, unary, failure, fnv1a64, eventually };
+module.exports = { grpc, spool, PATIENCE_MS, startBroker, brokerForThisFile, unary, failure, fnv1a64, eventually };

@@ -2,29 +2,21 @@
 // assignment and batches, commits each batch, and sees its commits in GetOffsets.
 'use strict';
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { startBroker, unary, eventually, PATIENCE_MS } = require('../support');
+const { brokerForThisFile, unary, eventually, PATIENCE_MS } = require('../support');
 
-let broker;
-let c;
-before(async () => {
-  broker = await startBroker();
-  c = broker.client;
-});
-after(async () => {
-  assert.equal(await broker.stop(), 0, 'spoold exits 0 on SIGTERM');
-});
+const broker = brokerForThisFile();
 
 test('a Consume member gets every record of its partitions and commits them', async () => {
   const partitions = 3;
   const perPartition = 20;
-  await unary(c, 'CreateTopic', { name: 'g', partitions });
+  await unary(broker.client, 'CreateTopic', { name: 'g', partitions });
   for (let p = 0; p < partitions; p++) {
     const records = [...Array(perPartition).keys()].map((i) => ({ value: Buffer.from(`p${p}-${i}`) }));
-    await unary(c, 'Append', { topic: 'g', partition: p, records });
+    await unary(broker.client, 'Append', { topic: 'g', partition: p, records });
   }
-  const call = c.Consume({ deadline: Date.now() + PATIENCE_MS });
+  const call = broker.client.Consume({ deadline: Date.now() + PATIENCE_MS });
   const seen = new Map(); // partition -> values, in order
   const committed = new Map(); // partition -> offset the broker accepted
   let assignment;
@@ -65,7 +57,7 @@ test('a Consume member gets every record of its partitions and commits them', as
   for (let p = 0; p < partitions; p++) {
     assert.deepEqual(seen.get(p), [...Array(perPartition).keys()].map((i) => `p${p}-${i}`), `partition ${p} in order, once`);
   }
-  const offsets = await unary(c, 'GetOffsets', { group: 'node-group', topic: 'g' });
+  const offsets = await unary(broker.client, 'GetOffsets', { group: 'node-group', topic: 'g' });
   assert.deepEqual(
     offsets.partitions.map((o) => [o.partition, o.committed, o.lag]),
     [0, 1, 2].map((p) => [p, String(perPartition), '0']),
@@ -74,7 +66,7 @@ test('a Consume member gets every record of its partitions and commits them', as
   call.end();
   // Once it left, the group has no member.
   await eventually('the member left', async () => {
-    const g = await unary(c, 'DescribeGroup', { group: 'node-group', topic: 'g' });
+    const g = await unary(broker.client, 'DescribeGroup', { group: 'node-group', topic: 'g' });
     return g.topics.every((t) => t.members.length === 0);
   });
 });

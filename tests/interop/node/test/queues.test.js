@@ -3,19 +3,11 @@
 // the codes of bad requests.
 'use strict';
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { grpc, startBroker, unary, failure, eventually } = require('../support');
+const { grpc, brokerForThisFile, unary, failure, eventually } = require('../support');
 
-let broker;
-let c;
-before(async () => {
-  broker = await startBroker();
-  c = broker.client;
-});
-after(async () => {
-  assert.equal(await broker.stop(), 0, 'spoold exits 0 on SIGTERM');
-});
+const broker = brokerForThisFile();
 
 const Q = { topic: 'jobs', queue: 'work' };
 
@@ -23,7 +15,7 @@ const Q = { topic: 'jobs', queue: 'work' };
 async function receiveN(n) {
   const got = [];
   await eventually(`${n} deliveries`, async () => {
-    const r = await unary(c, 'Receive', { ...Q, max_records: n - got.length, wait_ms: 1_000, consumer: 'node' });
+    const r = await unary(broker.client, 'Receive', { ...Q, max_records: n - got.length, wait_ms: 1_000, consumer: 'node' });
     got.push(...r.deliveries);
     return got.length >= n;
   });
@@ -35,10 +27,10 @@ function settlement(d, action, extra = {}) {
 }
 
 test('leases, settlements, retries, dead letters and a redrive', async () => {
-  await unary(c, 'CreateTopic', { name: 'jobs', partitions: 1 });
+  await unary(broker.client, 'CreateTopic', { name: 'jobs', partitions: 1 });
   const records = ['a', 'b', 'c'].map((v) => ({ value: Buffer.from(v) }));
-  await unary(c, 'Append', { topic: 'jobs', partition: 0, records });
-  const created = await unary(c, 'CreateQueue', {
+  await unary(broker.client, 'Append', { topic: 'jobs', partition: 0, records });
+  const created = await unary(broker.client, 'CreateQueue', {
     ...Q,
     config: { lease_ms: 60_000, max_deliveries: 3, retry_backoff_min_ms: 1, retry_backoff_max_ms: 1 },
   });
@@ -47,7 +39,7 @@ test('leases, settlements, retries, dead letters and a redrive', async () => {
   const first = await receiveN(3);
   assert.deepEqual(first.map((d) => [d.record.value.toString(), d.attempt]), [['a', 1], ['b', 1], ['c', 1]]);
   const [a, b, cc] = first;
-  const settled = await unary(c, 'Settle', {
+  const settled = await unary(broker.client, 'Settle', {
     ...Q,
     settlements: [
       settlement(a, 'SETTLE_ACTION_ACK'),
@@ -65,13 +57,13 @@ test('leases, settlements, retries, dead letters and a redrive', async () => {
   // b comes back as its second attempt; c is in the dead-letter topic with its history.
   const [again] = await receiveN(1);
   assert.deepEqual([again.record.value.toString(), again.attempt], ['b', 2]);
-  await unary(c, 'Settle', { ...Q, settlements: [settlement(again, 'SETTLE_ACTION_ACK')] });
+  await unary(broker.client, 'Settle', { ...Q, settlements: [settlement(again, 'SETTLE_ACTION_ACK')] });
   const info = await eventually('c dead-lettered', async () => {
-    const q = (await unary(c, 'DescribeQueue', Q)).queue;
+    const q = (await unary(broker.client, 'DescribeQueue', Q)).queue;
     return q.dead_lettered_total === '1' && q;
   });
   assert.deepEqual([info.acked_total, info.redelivered_total], ['2', '1']);
-  const letters = await unary(c, 'Read', { topic: 'jobs.work.dlq', partition: 0, offset: 0 });
+  const letters = await unary(broker.client, 'Read', { topic: 'jobs.work.dlq', partition: 0, offset: 0 });
   assert.equal(letters.records.length, 1);
   const h = Object.fromEntries(letters.records[0].headers.map((x) => [x.key, x.value.toString()]));
   assert.equal(letters.records[0].value.toString(), 'c');
@@ -81,25 +73,25 @@ test('leases, settlements, retries, dead letters and a redrive', async () => {
   );
 
   // A redrive brings c back at its offset, attempts reset; the source topic gets nothing.
-  const redrive = await unary(c, 'RedriveQueue', Q);
+  const redrive = await unary(broker.client, 'RedriveQueue', Q);
   assert.deepEqual([redrive.start_offset, redrive.end_offset], ['0', '1']);
   const [back] = await receiveN(1);
   assert.deepEqual([back.record.value.toString(), back.record.offset, back.attempt], ['c', '2', 1]);
-  await unary(c, 'Settle', { ...Q, settlements: [settlement(back, 'SETTLE_ACTION_ACK')] });
-  const done = (await unary(c, 'DescribeQueue', Q)).queue;
+  await unary(broker.client, 'Settle', { ...Q, settlements: [settlement(back, 'SETTLE_ACTION_ACK')] });
+  const done = (await unary(broker.client, 'DescribeQueue', Q)).queue;
   assert.deepEqual([done.acked_total, done.redriven_total, done.partitions[0].ack_floor, done.partitions[0].end_offset], ['3', '1', '3', '3']);
 });
 
 test('queue requests that are wrong get the documented codes', async () => {
-  const missing = await failure(c, 'Receive', { topic: 'jobs', queue: 'nope', wait_ms: 0 });
+  const missing = await failure(broker.client, 'Receive', { topic: 'jobs', queue: 'nope', wait_ms: 0 });
   assert.equal(missing.code, grpc.status.NOT_FOUND);
-  const unspecified = await failure(c, 'Settle', {
+  const unspecified = await failure(broker.client, 'Settle', {
     ...Q,
     settlements: [{ partition: 0, offset: 0, lease_id: 1, action: 'SETTLE_ACTION_UNSPECIFIED' }],
   });
   assert.equal(unspecified.code, grpc.status.INVALID_ARGUMENT);
   assert.match(unspecified.details, /nothing was applied/);
-  const backwards = await failure(c, 'CreateQueue', {
+  const backwards = await failure(broker.client, 'CreateQueue', {
     topic: 'jobs',
     queue: 'backwards',
     config: { retry_backoff_min_ms: 10, retry_backoff_max_ms: 5 },
