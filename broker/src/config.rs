@@ -41,6 +41,10 @@ pub struct TopicDefaults {
     pub fsync: String,
     pub fsync_interval_ms: u64,
     pub max_record_bytes: u32,
+    /// How batches are stored on disk: `none`, `lz4` or `zstd`.
+    pub compression: String,
+    /// The codec's level; 0 = its default.
+    pub compression_level: i32,
 }
 
 impl Default for TopicDefaults {
@@ -52,6 +56,8 @@ impl Default for TopicDefaults {
             fsync: "always".into(),
             fsync_interval_ms: 1000,
             max_record_bytes: 1024 * 1024,
+            compression: "none".into(),
+            compression_level: 0,
         }
     }
 }
@@ -108,6 +114,9 @@ pub struct BrokerConfig {
     pub max_in_flight_appends: usize,
     /// Closed segment files mapped at once.
     pub max_mapped_files: usize,
+    /// Bytes of inflated compressed chunks all reads hold at once (each chunk about 1 MiB
+    /// at most); a read past it returns fewer records or `RESOURCE_EXHAUSTED`.
+    pub decompress_budget_bytes: u64,
     pub topic_defaults: TopicDefaults,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
@@ -151,6 +160,7 @@ impl Default for BrokerConfig {
             max_producers: 1_000_000,
             max_in_flight_appends: 1024,
             max_mapped_files: 4096,
+            decompress_budget_bytes: 256 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
@@ -187,6 +197,13 @@ impl BrokerConfig {
                 "topic_defaults.fsync must be always, interval or never, not {:?}",
                 d.fsync
             ));
+        }
+        crate::settings::codec_of(&d.compression, d.compression_level)
+            .map_err(|e| format!("topic_defaults: {e}"))?;
+        if self.decompress_budget_bytes < 2 * 1024 * 1024 {
+            return Err(
+                "decompress_budget_bytes must be at least 2 MiB (a read inflates chunks of up to 1 MiB)".into(),
+            );
         }
         if d.segment_bytes < MIN_SEGMENT_BYTES {
             return Err(format!(

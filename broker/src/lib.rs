@@ -38,6 +38,7 @@ pub mod registry;
 pub mod rpc_metrics;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod testing;
 pub mod verify;
 

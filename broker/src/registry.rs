@@ -11,91 +11,21 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use spool_storage::{Durability, Log, LogConfig, Storage, sync_dir};
+use spool_storage::{Log, LogConfig, Storage, sync_dir};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
+pub use crate::settings::{Fsync, TopicSettings};
 
 /// Longest topic name.
 pub const MAX_TOPIC_NAME: usize = 249;
 const META_FILE: &str = "topic.json";
 const META_VERSION: u32 = 1;
-
-/// How a topic's partitions reach the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fsync {
-    Always,
-    Interval,
-    Never,
-}
-
-impl Fsync {
-    pub fn parse(s: &str) -> Option<Fsync> {
-        match s {
-            "always" => Some(Fsync::Always),
-            "interval" => Some(Fsync::Interval),
-            "never" => Some(Fsync::Never),
-            _ => None,
-        }
-    }
-}
-
-/// A topic's effective settings: every default already filled in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicSettings {
-    /// 0 = keep everything.
-    pub retention_bytes: u64,
-    /// 0 = keep everything.
-    pub retention_ms: u64,
-    pub segment_bytes: u64,
-    pub fsync: Fsync,
-    pub fsync_interval_ms: u64,
-    pub max_record_bytes: u32,
-    /// An idempotent producer is forgotten after this many milliseconds without appends;
-    /// 0 = never (the caps still apply). Absent in topics created before it existed: the
-    /// broker's setting applies (filled in when the topic is opened).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub producer_id_expiration_ms: Option<u64>,
-}
-
-impl TopicSettings {
-    /// The expiration in effect: the topic's own, else the broker's.
-    pub fn producer_expiration_ms(&self, config: &BrokerConfig) -> u64 {
-        self.producer_id_expiration_ms
-            .unwrap_or(config.producer_id_expiration_ms)
-    }
-
-    pub fn log_config(&self, config: &BrokerConfig) -> LogConfig {
-        let max_request_bytes = config.max_request_bytes;
-        let expiration = self.producer_expiration_ms(config);
-        LogConfig {
-            segment_bytes: self.segment_bytes,
-            durability: match self.fsync {
-                Fsync::Always => Durability::Always,
-                Fsync::Interval => {
-                    Durability::Interval(Duration::from_millis(self.fsync_interval_ms.max(1)))
-                }
-                Fsync::Never => Durability::Never,
-            },
-            retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
-            retention: (self.retention_ms > 0).then(|| Duration::from_millis(self.retention_ms)),
-            // The broker checks payload sizes itself with a clear message; the log's limits
-            // are backstops that allow for the record framing.
-            max_record_bytes: u64::from(self.max_record_bytes) + 1024,
-            max_batch_bytes: (max_request_bytes as u64 + 64 * 1024).min(u64::from(u32::MAX)),
-            producer_expiration: (expiration > 0).then(|| Duration::from_millis(expiration)),
-            max_producers: config.max_producers_per_partition.max(1),
-            ..LogConfig::default()
-        }
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 struct TopicMeta {
@@ -274,48 +204,7 @@ impl Registry {
 
     /// Resolves a requested config against the broker defaults.
     pub fn settings_for(&self, req: &spool_proto::v1::TopicConfig) -> Result<TopicSettings> {
-        use spool_proto::v1::FsyncPolicy;
-        let d = &self.config.topic_defaults;
-        let fsync = match FsyncPolicy::try_from(req.fsync) {
-            Ok(FsyncPolicy::Unspecified) => Fsync::parse(&d.fsync).unwrap_or(Fsync::Always),
-            Ok(FsyncPolicy::Always) => Fsync::Always,
-            Ok(FsyncPolicy::Interval) => Fsync::Interval,
-            Ok(FsyncPolicy::Never) => Fsync::Never,
-            Err(_) => {
-                return Err(Error::invalid(format!(
-                    "config.fsync {} is not a FsyncPolicy value",
-                    req.fsync
-                )));
-            }
-        };
-        let or = |v: u64, default: u64| if v == 0 { default } else { v };
-        // The default never exceeds what one request can carry; an explicit value must fit.
-        let request_cap = u32::try_from(self.config.max_request_bytes).unwrap_or(u32::MAX);
-        let max_record_bytes = if req.max_record_bytes == 0 {
-            d.max_record_bytes.min(request_cap)
-        } else {
-            req.max_record_bytes
-        };
-        if max_record_bytes as usize > self.config.max_request_bytes {
-            return Err(Error::invalid(format!(
-                "config.max_record_bytes {max_record_bytes} exceeds the broker's request limit of {} bytes",
-                self.config.max_request_bytes
-            )));
-        }
-        let segment_bytes = or(req.segment_bytes, d.segment_bytes)
-            .clamp(spool_storage::config::MIN_SEGMENT_BYTES, 1 << 30);
-        Ok(TopicSettings {
-            retention_bytes: or(req.retention_bytes, d.retention_bytes),
-            retention_ms: or(req.retention_ms, d.retention_ms),
-            segment_bytes,
-            fsync,
-            fsync_interval_ms: or(req.fsync_interval_ms, d.fsync_interval_ms),
-            max_record_bytes,
-            producer_id_expiration_ms: Some(or(
-                req.producer_id_expiration_ms,
-                self.config.producer_id_expiration_ms,
-            )),
-        })
+        crate::settings::resolve(&self.config, req)
     }
 
     /// Creates a topic (blocking: run off the async threads).

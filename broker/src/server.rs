@@ -57,6 +57,8 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     let storage_config = StorageConfig {
         max_mapped_files: config.max_mapped_files,
         max_producers: config.max_producers,
+        decompress_budget_bytes: usize::try_from(config.decompress_budget_bytes)
+            .unwrap_or(usize::MAX),
     };
     let data_dir = config.data_dir.clone();
     let cfg = Arc::clone(&config);

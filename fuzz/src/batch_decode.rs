@@ -1,7 +1,9 @@
 //! Harness of the `batch_decode` target: `batch::decode_header`, `batch::check`,
 //! `Batch::parse` and `Batch::records` over arbitrary bytes never panic, agree with each
 //! other, and whatever they accept is self-consistent; records encoded by `batch::encode`
-//! decode back equal.
+//! (and compressed by `batch::encode_compressed`, lz4 or zstd) decode back equal.
+//! Compressed chunks inflate within an 8 MiB budget, so a chunk claiming more is refused
+//! by the bound, never an out-of-memory.
 //!
 //! Input: the first byte picks the mode.
 //! - `0`: the rest is decoded as it is (the CRC guards nearly everything behind it).
@@ -10,7 +12,7 @@
 //!   and compared.
 
 use bytes::Bytes;
-use spool_storage::batch::{self, Batch, HEADER_LEN, MIN_HEADER_LEN};
+use spool_storage::batch::{self, Batch, Codec, Compression, HEADER_LEN, MIN_HEADER_LEN};
 use spool_storage::{Header, ProducerStamp, Record};
 
 use crate::input::Reader;
@@ -80,7 +82,10 @@ fn decode_raw(bytes: Vec<u8>) {
     );
     let Ok(batch) = parsed else { return };
     assert_eq!(batch.bytes.len(), batch.header.total_len);
-    let Ok(records) = batch.records() else { return };
+    let budget = batch::Budget::new(8 << 20);
+    let Ok(records) = batch.records_from(batch.header.base_offset, usize::MAX, &budget) else {
+        return;
+    };
     assert_eq!(records.len(), batch.header.record_count as usize);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.offset, batch.header.base_offset + i as u64);
@@ -191,4 +196,20 @@ fn round_trip(r: &mut Reader<'_>) {
     let old = Batch::parse(&v1).expect("a version 1 batch parses");
     assert_eq!(old.header.append_time_ms, header.max_timestamp_ms);
     assert_eq!(old.records().expect("version 1 records decode"), got);
+    // Compressed (or stored plain when that does not shrink it): the same records.
+    let (codec, level) = match r.u8() % 3 {
+        0 => (Codec::Lz4, 0),
+        1 => (Codec::Zstd, i32::from(r.u8() % 30) - 7),
+        _ => (Codec::Zstd, 0),
+    };
+    let c = Compression {
+        codec,
+        level: level.min(22),
+    };
+    let mut buf = Vec::new();
+    let h = batch::encode_compressed(&mut buf, base_offset, stamp, &records, 5, c);
+    assert_eq!(h.total_len, buf.len());
+    let parsed = Batch::parse(&Bytes::from(buf)).expect("a compressed batch parses");
+    assert_eq!(parsed.header, h);
+    assert_eq!(parsed.records().expect("compressed records decode"), got);
 }

@@ -179,6 +179,15 @@ fn descriptor_set_keeps_enum_value_names() {
         ]
     );
     assert_eq!(
+        values("Compression"),
+        [
+            "COMPRESSION_UNSPECIFIED",
+            "COMPRESSION_NONE",
+            "COMPRESSION_LZ4",
+            "COMPRESSION_ZSTD"
+        ]
+    );
+    assert_eq!(
         values("Durability"),
         [
             "DURABILITY_UNSPECIFIED",
@@ -217,6 +226,8 @@ fn generated_types_have_the_contract_field_names() {
         fsync_interval_ms: 0,
         max_record_bytes: 0,
         producer_id_expiration_ms: 0,
+        compression: v1::Compression::Zstd.into(),
+        compression_level: -3,
     };
     let _ = v1::CreateTopicRequest {
         name: "t".into(),
@@ -382,6 +393,8 @@ fn topic_config_numbers_the_fields_other_issues_reserved() {
     };
     assert_eq!(number("producer_id_expiration_ms"), Some(11));
     assert_eq!(number("max_record_bytes"), Some(6));
+    assert_eq!(number("compression"), Some(7));
+    assert_eq!(number("compression_level"), Some(8));
 }
 
 #[test]

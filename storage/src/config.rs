@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use crate::batch::{Codec, Compression};
 use crate::error::{Error, Result};
 
 /// The smallest segment a log accepts (the broker honours `segment_bytes` down to this).
@@ -54,6 +55,8 @@ pub struct LogConfig {
     /// The most idempotent producers the log remembers; the least recently appending one
     /// is forgotten first.
     pub max_producers: usize,
+    /// How appended batches are compressed on disk (reads inflate them).
+    pub compression: Compression,
 }
 
 impl Default for LogConfig {
@@ -70,6 +73,7 @@ impl Default for LogConfig {
             max_batch_bytes: 64 * 1024 * 1024,
             producer_expiration: Some(DEFAULT_PRODUCER_EXPIRATION),
             max_producers: 10_000,
+            compression: Compression::default(),
         }
     }
 }
@@ -110,6 +114,7 @@ impl LogConfig {
                 "record and batch size limits must be at least 1 byte".into(),
             ));
         }
+        check_compression(self.compression)?;
         if self.max_batch_bytes > u64::from(u32::MAX) {
             return Err(Error::InvalidConfig(format!(
                 "max_batch_bytes {} exceeds the format's 4 GiB batch limit",
@@ -117,6 +122,31 @@ impl LogConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// zstd's levels: negatives trade ratio for speed, 22 is the slowest and smallest.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
+
+/// Checks that `c` names a level its codec has (0 is every codec's default).
+pub fn check_compression(c: Compression) -> Result<()> {
+    match c.codec {
+        Codec::Zstd if !ZSTD_LEVELS.contains(&c.level) => Err(Error::InvalidConfig(format!(
+            "compression_level {} is outside zstd's levels {}..={} (0 = its default, 3)",
+            c.level,
+            ZSTD_LEVELS.start(),
+            ZSTD_LEVELS.end()
+        ))),
+        Codec::Lz4 | Codec::None if c.level != 0 => Err(Error::InvalidConfig(format!(
+            "compression_level {} given, but {} has no levels: leave it 0",
+            c.level,
+            if c.codec == Codec::Lz4 {
+                "lz4"
+            } else {
+                "no compression"
+            }
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -129,6 +159,10 @@ pub struct StorageConfig {
     /// The most idempotent producers all logs together remember (each log keeps at least
     /// its newest). About 300 bytes each.
     pub max_producers: usize,
+    /// Bytes of inflated compressed chunks all reads together hold at once; a read that
+    /// would pass it returns the records it has, or fails with
+    /// [`crate::Error::DecompressBudget`] when it has none.
+    pub decompress_budget_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -136,6 +170,7 @@ impl Default for StorageConfig {
         StorageConfig {
             max_mapped_files: 4096,
             max_producers: 1_000_000,
+            decompress_budget_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -124,6 +124,22 @@ pub enum Error {
     /// A log configuration value outside what the log supports.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
+    /// Reading compressed records would inflate more than the storage's decompression
+    /// budget holds right now (other reads hold the rest).
+    #[error(
+        "reading compressed records needs {needed} bytes of the {limit}-byte decompression budget, which concurrent reads hold; retry shortly, read fewer records at once, or raise decompress_budget_bytes"
+    )]
+    DecompressBudget { needed: usize, limit: usize },
+    /// The data directory, or a log in it, was written by a newer build in a format this
+    /// build does not know; nothing was changed.
+    #[error(
+        "{path} holds data in format version {version}, newer than this build reads ({known}); run the spoold that wrote it, or a newer one"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        version: u32,
+        known: u32,
+    },
 }
 
 fn fmt_offsets(offsets: &Option<Range<u64>>) -> String {

@@ -34,6 +34,7 @@ pub mod config;
 mod disk;
 pub mod error;
 pub mod faults;
+pub mod format;
 /// Recording of every change the engine makes to the disk (tests; `fault-injection`).
 #[cfg(feature = "fault-injection")]
 pub use disk::journal;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     /// Idempotent producers remembered by all logs, and the cap on them.
     producers: std::sync::atomic::AtomicUsize,
     max_producers: usize,
+    /// Inflated compressed chunks held by reads, across all logs.
+    budget: Arc<batch::Budget>,
 }
 
 impl Shared {
@@ -110,6 +113,7 @@ impl Storage {
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
         // Before anything can be written: a crash from here on must find no marker.
+        format::check_and_stamp(&root)?;
         let clean_start = clean::take(&root)?;
         // After a crash, of the process or the machine, what the logs hold may be only in
         // the page cache, closed segments and new names included: one `syncfs` makes all of
@@ -130,6 +134,7 @@ impl Storage {
                 on_failure: parking_lot::RwLock::new(None),
                 producers: std::sync::atomic::AtomicUsize::new(0),
                 max_producers: config.max_producers,
+                budget: batch::Budget::new(config.decompress_budget_bytes),
             }),
             clean_start,
             _lock: lock,

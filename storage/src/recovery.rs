@@ -87,6 +87,15 @@ pub fn recover_tail(
         if pos >= data.len() {
             break;
         }
+        if let Some(version) = crate::batch::future_version(&data[pos..]) {
+            // Intact bytes a newer build wrote: cutting them would lose data this build
+            // merely cannot read.
+            return Err(Error::NewerFormat {
+                path: path.to_path_buf(),
+                version: u32::from(version),
+                known: u32::from(crate::batch::COMPRESSED_VERSION),
+            });
+        }
         match segment::resync(&data, pos, expected.saturating_add(1), u64::MAX) {
             Some((p, h)) => {
                 tracing::error!(

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use spool_storage::config::{Codec, Compression};
 use spool_storage::{Durability, LogConfig, ProducerStamp, Record};
 
 const LOG: &str = "crash/0";
@@ -41,12 +42,16 @@ fn no_spawns() -> RwLockReadGuard<'static, ()> {
 const CHILD_DIR_ENV: &str = "SPOOL_CRASH_CHILD_DIR";
 const CHILD_SEED_ENV: &str = "SPOOL_CRASH_CHILD_SEED";
 const CHILD_SEGMENT_ENV: &str = "SPOOL_CRASH_CHILD_SEGMENT_BYTES";
+const CHILD_CODEC_ENV: &str = "SPOOL_CRASH_CHILD_ZSTD";
 const PRODUCER: u64 = 7;
 
-/// The child's log: `Always`, with segments of `segment_bytes`.
-fn child_config(segment_bytes: u64) -> LogConfig {
+/// The child's log: `Always`, with segments of `segment_bytes`, its batches compressed
+/// with zstd if `zstd`.
+fn child_config(segment_bytes: u64, zstd: bool) -> LogConfig {
+    let codec = if zstd { Codec::Zstd } else { Codec::None };
     LogConfig {
         segment_bytes,
+        compression: Compression { codec, level: 0 },
         ..common::small_config(Durability::Always)
     }
 }
@@ -84,8 +89,10 @@ fn child_appender() {
     };
     let seed = std::env::var(CHILD_SEED_ENV).unwrap().parse().unwrap();
     let segment_bytes = std::env::var(CHILD_SEGMENT_ENV).unwrap().parse().unwrap();
+    let zstd = std::env::var_os(CHILD_CODEC_ENV).is_some();
     let mut rng = StdRng::seed_from_u64(seed);
-    let (_storage, log) = common::open(Path::new(&dir), LOG, child_config(segment_bytes));
+    let config = child_config(segment_bytes, zstd);
+    let (_storage, log) = common::open(Path::new(&dir), LOG, config);
     let mut sequence = match log.end_offset() {
         0 => 0,
         end => sequence_of(&log.read(end - 1, 1, 0).unwrap()[0]) + 1,
@@ -138,7 +145,7 @@ fn parse_ack(line: &str) -> Option<Acked> {
 fn run_child(
     dir: &Path,
     seed: u64,
-    segment_bytes: u64,
+    kill: &KillTest,
     run_for: Duration,
     stderr: &Path,
 ) -> Vec<Acked> {
@@ -153,7 +160,8 @@ fn run_child(
         ])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_SEED_ENV, seed.to_string())
-        .env(CHILD_SEGMENT_ENV, segment_bytes.to_string())
+        .env(CHILD_SEGMENT_ENV, kill.segment_bytes.to_string())
+        .envs(kill.zstd.then_some((CHILD_CODEC_ENV, "1")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(fs::File::create(stderr).unwrap())
@@ -207,7 +215,7 @@ fn run_child(
 /// Checks every acknowledged append after a kill, then retries the last one (and any
 /// batch written but never acknowledged) as an idempotent producer would.
 fn check_after_kill(dir: &Path, kill: &KillTest, before: u64, acked: &[Acked], round: usize) {
-    let (_storage, log) = common::open(dir, LOG, child_config(kill.segment_bytes));
+    let (_storage, log) = common::open(dir, LOG, child_config(kill.segment_bytes, kill.zstd));
     let end = log.end_offset();
     for a in acked {
         assert!(
@@ -307,6 +315,8 @@ struct KillTest {
     segment_bytes: u64,
     /// Retry acknowledged batches as an idempotent producer after each kill.
     retry: bool,
+    /// Compress the child's batches with zstd.
+    zstd: bool,
 }
 
 /// Rounds of: run the child in the same directory (it continues at the end), kill it with
@@ -316,7 +326,7 @@ fn kill_rounds(kill: &KillTest) {
     let dir = tempfile::tempdir().unwrap();
     let stderr = dir.path().join("child.stderr");
     let data = dir.path().join("data");
-    let config = child_config(kill.segment_bytes);
+    let config = child_config(kill.segment_bytes, kill.zstd);
     let mut rng = StdRng::seed_from_u64(common::seed(kill.name));
     let mut total = 0;
     let rounds = std::env::var("SPOOL_CRASH_ROUNDS")
@@ -334,7 +344,7 @@ fn kill_rounds(kill: &KillTest) {
             0 => 0,
             _ => rng.random_range(10..250),
         });
-        let acked = run_child(&data, rng.random(), kill.segment_bytes, run_for, &stderr);
+        let acked = run_child(&data, rng.random(), kill, run_for, &stderr);
         if let Some(first) = acked.first() {
             assert_eq!(
                 first.base, before,
@@ -352,6 +362,18 @@ fn kill_rounds(kill: &KillTest) {
         log.segment_count()
     );
     assert!(total > 0, "the child acknowledged nothing in any round");
+    let compressed = common::segment_files(LOG, &data)
+        .iter()
+        .flat_map(|f| {
+            let bytes = fs::read(f).unwrap();
+            let (starts, _) = common::batch_starts(&bytes);
+            starts
+                .into_iter()
+                .map(move |p| spool_storage::batch::check(&bytes[p..]).unwrap().version)
+        })
+        .filter(|&v| v == spool_storage::batch::COMPRESSED_VERSION)
+        .count();
+    assert_eq!(compressed > 0, kill.zstd, "{compressed} compressed batches");
 }
 
 /// Small segments, so kills land in rolls too (retries are checked here as well: a kill
@@ -362,6 +384,18 @@ fn sigkill_never_loses_an_acknowledged_append() {
         name: "sigkill",
         segment_bytes: common::SMALL_SEGMENT,
         retry: true,
+        zstd: false,
+    });
+}
+
+/// The same with every batch compressed: recovery of compressed batches after SIGKILL.
+#[test]
+fn sigkill_never_loses_an_acknowledged_compressed_append() {
+    kill_rounds(&KillTest {
+        name: "sigkill zstd",
+        segment_bytes: common::SMALL_SEGMENT,
+        retry: true,
+        zstd: true,
     });
 }
 
@@ -372,6 +406,7 @@ fn idempotent_retry_after_sigkill_is_a_duplicate_with_the_original_offsets() {
         name: "sigkill retry",
         segment_bytes: 64 * 1024 * 1024,
         retry: true,
+        zstd: false,
     });
 }
 

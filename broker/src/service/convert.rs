@@ -123,6 +123,8 @@ pub fn topic_info(t: &Topic) -> v1::TopicInfo {
             fsync_interval_ms: s.fsync_interval_ms,
             max_record_bytes: s.max_record_bytes,
             producer_id_expiration_ms: s.producer_id_expiration_ms.unwrap_or_default(),
+            compression: s.compression.to_proto() as i32,
+            compression_level: s.compression_level,
         }),
         partition_info: t
             .partitions

@@ -56,6 +56,8 @@ fn storage_code(e: &StorageError) -> Code {
         StorageError::LogFull { .. } => Code::ResourceExhausted,
         StorageError::InvalidName { .. } => Code::InvalidArgument,
         StorageError::InvalidConfig(_) => Code::InvalidArgument,
+        StorageError::DecompressBudget { .. } => Code::ResourceExhausted,
+        StorageError::NewerFormat { .. } => Code::FailedPrecondition,
         // `spool_storage::Error` is non-exhaustive: a variant added there lands here until
         // it is given its own code above.
         _ => Code::Internal,

@@ -304,13 +304,24 @@ pub async fn create_topic(
     partitions: u32,
     fsync: FsyncPolicy,
 ) -> TopicInfo {
+    let config = TopicConfig {
+        fsync: fsync as i32,
+        ..TopicConfig::default()
+    };
+    create_topic_with(c, name, partitions, config).await
+}
+
+/// Creates a topic with `config`.
+pub async fn create_topic_with(
+    c: &mut Client,
+    name: &str,
+    partitions: u32,
+    config: TopicConfig,
+) -> TopicInfo {
     let req = CreateTopicRequest {
         name: name.into(),
         partitions,
-        config: Some(TopicConfig {
-            fsync: fsync as i32,
-            ..TopicConfig::default()
-        }),
+        config: Some(config),
     };
     within("CreateTopic", c.create_topic(req))
         .await

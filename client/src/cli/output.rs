@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use spool_client::Message;
-use spool_client::v1::FsyncPolicy;
+use spool_client::v1::{Compression, FsyncPolicy};
 
 /// A table of plain columns aligned with spaces, a header row in capitals first.
 /// Numeric-looking columns are right-aligned so digits line up.
@@ -96,6 +96,22 @@ pub fn fsync(policy: i32, interval_ms: u64) -> String {
         Ok(FsyncPolicy::Never) => "never".into(),
         Ok(FsyncPolicy::Unspecified) => "broker default".into(),
         Err(_) => format!("unknown ({policy})"),
+    }
+}
+
+/// A topic's codec, with its level when one is set.
+pub fn compression(codec: i32, level: i32) -> String {
+    let name = match Compression::try_from(codec) {
+        Ok(Compression::None) => "none".to_string(),
+        Ok(Compression::Lz4) => "lz4".to_string(),
+        Ok(Compression::Zstd) => "zstd".to_string(),
+        Ok(Compression::Unspecified) => "broker default".to_string(),
+        Err(_) => format!("unknown ({codec})"),
+    };
+    if level == 0 {
+        name
+    } else {
+        format!("{name} (level {level})")
     }
 }
 

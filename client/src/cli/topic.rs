@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use spool_client::Client;
-use spool_client::v1::{FsyncPolicy, TopicConfig, TopicInfo};
+use spool_client::v1::{Compression, FsyncPolicy, TopicConfig, TopicInfo};
 
 use super::output::{self, Table};
 
@@ -39,6 +39,14 @@ pub struct CreateArgs {
     /// Number of partitions (1 to 10,000), fixed for the topic's life.
     #[arg(long, short)]
     partitions: u32,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// A topic's settings as flags: one left out keeps its default (on create) or its value
+/// (on alter).
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
     /// Most bytes one partition keeps; the oldest segments go first.
     #[arg(long, value_name = "BYTES")]
     retention_bytes: Option<u64>,
@@ -61,6 +69,50 @@ pub struct CreateArgs {
     /// Forget an idempotent producer after this long without appends, in milliseconds.
     #[arg(long, value_name = "MS")]
     producer_id_expiration_ms: Option<u64>,
+    /// How batches are stored on disk (readers get plain records either way).
+    #[arg(long, value_enum)]
+    compression: Option<Codec>,
+    /// The codec's level: zstd -7 (fastest) to 22 (smallest); 0 = its default.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    compression_level: Option<i32>,
+}
+
+impl ConfigArgs {
+    fn to_proto(&self) -> TopicConfig {
+        let fsync = match self.fsync {
+            None => FsyncPolicy::Unspecified,
+            Some(Fsync::Always) => FsyncPolicy::Always,
+            Some(Fsync::Interval) => FsyncPolicy::Interval,
+            Some(Fsync::Never) => FsyncPolicy::Never,
+        };
+        let compression = match self.compression {
+            None => Compression::Unspecified,
+            Some(Codec::None) => Compression::None,
+            Some(Codec::Lz4) => Compression::Lz4,
+            Some(Codec::Zstd) => Compression::Zstd,
+        };
+        TopicConfig {
+            retention_bytes: self.retention_bytes.unwrap_or(0),
+            retention_ms: self.retention_ms.unwrap_or(0),
+            segment_bytes: self.segment_bytes.unwrap_or(0),
+            fsync: fsync as i32,
+            fsync_interval_ms: self.fsync_interval_ms.unwrap_or(0),
+            max_record_bytes: self.max_record_bytes.unwrap_or(0),
+            producer_id_expiration_ms: self.producer_id_expiration_ms.unwrap_or(0),
+            compression: compression as i32,
+            compression_level: self.compression_level.unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Codec {
+    /// Stored as appended.
+    None,
+    /// Fast, a moderate ratio.
+    Lz4,
+    /// A better ratio for more CPU.
+    Zstd,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,21 +139,7 @@ pub async fn run(client: &Client, cmd: TopicCommand) -> anyhow::Result<()> {
 }
 
 async fn create(client: &Client, a: CreateArgs) -> anyhow::Result<()> {
-    let fsync = match a.fsync {
-        None => FsyncPolicy::Unspecified,
-        Some(Fsync::Always) => FsyncPolicy::Always,
-        Some(Fsync::Interval) => FsyncPolicy::Interval,
-        Some(Fsync::Never) => FsyncPolicy::Never,
-    };
-    let config = TopicConfig {
-        retention_bytes: a.retention_bytes.unwrap_or(0),
-        retention_ms: a.retention_ms.unwrap_or(0),
-        segment_bytes: a.segment_bytes.unwrap_or(0),
-        fsync: fsync as i32,
-        fsync_interval_ms: a.fsync_interval_ms.unwrap_or(0),
-        max_record_bytes: a.max_record_bytes.unwrap_or(0),
-        producer_id_expiration_ms: a.producer_id_expiration_ms.unwrap_or(0),
-    };
+    let config = a.config.to_proto();
     let info = client.create_topic(&a.name, a.partitions, config).await?;
     println!(
         "created topic {} with {} partition{}",
@@ -165,6 +203,10 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
         ("retention-ms", output::limit(c.retention_ms, duration_ms)),
         ("segment-bytes", output::bytes(c.segment_bytes)),
         ("fsync", output::fsync(c.fsync, c.fsync_interval_ms)),
+        (
+            "compression",
+            output::compression(c.compression, c.compression_level),
+        ),
         (
             "max-record-bytes",
             output::limit(u64::from(c.max_record_bytes), output::bytes),

@@ -70,6 +70,20 @@ impl Log {
             });
         }
         let append_ms = super::producers::wall_clock_ms();
+        // Compression is CPU work: done before the writer lock, at offset 0 (the base
+        // offset lies outside the CRC and is set under the lock).
+        let compressed = (!self.config.compression.codec.is_none()).then(|| {
+            let mut buf = Vec::new();
+            let h = batch::encode_compressed(
+                &mut buf,
+                0,
+                producer,
+                records,
+                append_ms,
+                self.config.compression,
+            );
+            (buf, h)
+        });
         let mut w = self.writer.lock();
         let end = self.end.load(Ordering::Acquire);
         if end.checked_add(records.len() as u64).is_none() {
@@ -97,11 +111,25 @@ impl Log {
                 }
             }
             Verdict::Append => {
-                let mut buf = std::mem::take(&mut w.scratch);
-                let header = batch::encode(&mut buf, end, producer, records, append_ms);
-                let written = self.write_batch(&mut w, &buf, &header);
-                w.scratch = buf;
-                written?;
+                let header = match compressed {
+                    Some((mut buf, h)) => {
+                        batch::set_base_offset(&mut buf, end);
+                        let h = batch::BatchHeader {
+                            base_offset: end,
+                            ..h
+                        };
+                        self.write_batch(&mut w, &buf, &h)?;
+                        h
+                    }
+                    None => {
+                        let mut buf = std::mem::take(&mut w.scratch);
+                        let h = batch::encode(&mut buf, end, producer, records, append_ms);
+                        let written = self.write_batch(&mut w, &buf, &h);
+                        w.scratch = buf;
+                        written?;
+                        h
+                    }
+                };
                 w.producers.observe(&header);
                 if producer.producer_id != 0 {
                     self.bound_producers(&mut w, append_ms);

@@ -258,10 +258,32 @@ impl Log {
                 };
                 match probe {
                     Probe::Batch(h) => {
+                        // The CRC holds; the records must decode too (compressed chunks
+                        // inflate to what their frames say).
+                        let batch = crate::batch::Batch {
+                            header: h,
+                            bytes: data.slice(pos..pos + h.total_len),
+                        };
+                        if let Err(e) = batch.records() {
+                            damage.push(Damage {
+                                segment: seg.log_path.clone(),
+                                positions: pos as u64..(pos + h.total_len) as u64,
+                                offsets: h.base_offset..h.next_offset(),
+                                reason: format!("records do not decode: {e}"),
+                            });
+                        }
                         pos += h.total_len;
                         expected = h.next_offset();
                     }
                     Probe::Damaged(reason) => {
+                        let reason = match crate::batch::future_version(
+                            &data[pos.min(data.len())..],
+                        ) {
+                            Some(v) => format!(
+                                "a batch in format version {v}, newer than this build reads: verify it with the spoold that wrote it"
+                            ),
+                            None => reason,
+                        };
                         let resume =
                             segment::resync(&data, pos, expected.saturating_add(1), seg_end);
                         let (rpos, rbase) =

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::batch::{self, Batch, StoredRecord};
+use crate::batch::{self, Batch, BatchError, Budget, StoredRecord};
 use crate::error::{Error, Result};
 use crate::segment::{self, Probe, Segment};
 
@@ -55,7 +55,24 @@ impl Log {
                     Probe::Batch(h) => {
                         if h.next_offset() > next {
                             let want = max_records.saturating_sub(out.len());
-                            let records = decode(&seg, &data, pos, h, next, want)?;
+                            let records = match decode(
+                                &self.shared.budget,
+                                &seg,
+                                &data,
+                                pos,
+                                h,
+                                next,
+                                want,
+                            ) {
+                                // The budget cannot inflate more now, or the batch is
+                                // damaged: return what is read (the next read reports it).
+                                Err(Error::DecompressBudget { .. } | Error::Corrupt { .. })
+                                    if !out.is_empty() =>
+                                {
+                                    break 'segments;
+                                }
+                                r => r?,
+                            };
                             for r in records {
                                 if r.offset < next {
                                     continue;
@@ -144,7 +161,7 @@ impl Log {
                     }
                 };
                 if h.max_timestamp_ms >= ts {
-                    let records = decode(&seg, &data, pos, h, 0, usize::MAX)?;
+                    let records = decode(&self.shared.budget, &seg, &data, pos, h, 0, usize::MAX)?;
                     if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts) {
                         return Ok(r.offset.min(end));
                     }
@@ -157,9 +174,10 @@ impl Log {
     }
 }
 
-/// The records of the validated batch `h` at `pos`; a batch whose records do not decode is
-/// damage, reported with its offsets.
+/// The records of the validated batch `h` at `pos`, compressed chunks inflated within
+/// `budget`; a batch whose records do not decode is damage, reported with its offsets.
 fn decode(
+    budget: &Arc<Budget>,
     seg: &Segment,
     data: &bytes::Bytes,
     pos: usize,
@@ -171,10 +189,13 @@ fn decode(
         header: h,
         bytes: data.slice(pos..pos + h.total_len),
     };
-    batch.records_from(first, max).map_err(|e| Error::Corrupt {
-        path: seg.log_path.clone(),
-        position: pos as u64,
-        offsets: Some(h.base_offset..h.next_offset()),
-        reason: e.to_string(),
+    batch.records_from(first, max, budget).map_err(|e| match e {
+        BatchError::OverBudget { needed, limit } => Error::DecompressBudget { needed, limit },
+        e => Error::Corrupt {
+            path: seg.log_path.clone(),
+            position: pos as u64,
+            offsets: Some(h.base_offset..h.next_offset()),
+            reason: e.to_string(),
+        },
     })
 }

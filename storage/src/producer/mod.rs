@@ -289,6 +289,7 @@ mod tests {
             },
             version: crate::batch::VERSION,
             append_time_ms: at_ms,
+            uncompressed_len: 0,
         }
     }
 

@@ -273,6 +273,51 @@ TESTS = [
 ]
 
 
+def test_compressed_topics_read_back_as_appended(b):
+    events = [
+        pb.Record(key=b"user-%d" % (i % 20),
+                  value=('{"event":"view","user":"user-%d","path":"/products/%d","n":%d}'
+                         % (i % 20, i % 300, i)).encode(),
+                  headers=[pb.Header(key="trace", value=b"%032x" % i)])
+        for i in range(600)
+    ]
+    for codec, level in [(pb.COMPRESSION_LZ4, 0), (pb.COMPRESSION_ZSTD, 9)]:
+        name = "c%d" % codec
+        info = create_topic(b.stub, name, 1, fsync=pb.FSYNC_POLICY_NEVER,
+                            compression=codec, compression_level=level)
+        assert (info.config.compression, info.config.compression_level) == (codec, level)
+        for i in range(0, 600, 100):
+            b.stub.Append(pb.AppendRequest(topic=name, partition=0, records=events[i:i + 100]),
+                          timeout=PATIENCE_S)
+    expect_code(grpc.StatusCode.INVALID_ARGUMENT, b.stub.CreateTopic,
+                pb.CreateTopicRequest(name="bad", partitions=1,
+                                      config=pb.TopicConfig(compression=pb.COMPRESSION_LZ4,
+                                                            compression_level=3)))
+    plain = [(r.key, r.value, list(r.headers)) for r in events]
+
+    def read_all(name):
+        got, offset = [], 0
+        while offset < 600:
+            r = b.stub.Read(pb.ReadRequest(topic=name, partition=0, offset=offset), timeout=PATIENCE_S)
+            assert r.records and r.records[0].offset == offset
+            got.extend(r.records)
+            offset = r.records[-1].offset + 1
+        return [(r.key, r.value, list(r.headers)) for r in got]
+
+    for round in range(2):
+        for codec in [pb.COMPRESSION_LZ4, pb.COMPRESSION_ZSTD]:
+            name = "c%d" % codec
+            assert read_all(name) == plain, (name, round)
+            r = b.stub.Read(pb.ReadRequest(topic=name, partition=0, offset=250, max_records=2),
+                            timeout=PATIENCE_S)
+            assert [x.offset for x in r.records] == [250, 251]
+            assert r.records[0].value == events[250].value
+        b.restart()
+
+
+TESTS.append(test_compressed_topics_read_back_as_appended)
+
+
 def main():
     spoold = spoold_binary()
     if not os.access(spoold, os.X_OK):

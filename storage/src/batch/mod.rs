@@ -7,9 +7,9 @@
 //! 0   u64 base_offset
 //! 8   u32 length            bytes after this field
 //! 12  u32 magic             "SPLB"
-//! 16  u8  version           2 (1 is still read)
+//! 16  u8  version           2, or 3 when compressed (1 is still read)
 //! 17  u32 crc32             crc32fast over bytes 21..12+length
-//! 21  u16 attributes        bits 0-2 compression codec (0 = none), others zero
+//! 21  u16 attributes        bits 0-2 compression codec (0 = none, 1 = lz4, 2 = zstd)
 //! 23  u32 record_count
 //! 27  i64 first_timestamp_ms
 //! 35  i64 max_timestamp_ms
@@ -17,14 +17,23 @@
 //! 51  u16 producer_epoch
 //! 53  u64 sequence          per batch, not per record
 //! 61  i64 append_time_ms    the broker's clock when it appended the batch (version 2)
-//! 69  records...            (at 61 in version 1)
+//! 69  records...            (at 61 in version 1; chunks after a u32 in version 3, see
+//!                           `compress`)
 //! ```
 //!
 //! Each record: varint body length, then varint offset delta, zigzag-varint timestamp delta
 //! (from `first_timestamp_ms`), varint key length + key, varint value length + value, varint
 //! header count, and per header varint key length + UTF-8 key, varint value length + value.
 
+mod compress;
+mod records;
+
 use bytes::Bytes;
+
+pub use compress::{
+    Budget, CHUNK_TARGET, Codec, Compression, MAX_CHUNK_RAW, encode as encode_compressed,
+};
+pub use records::Batch;
 
 /// Bytes of the fixed batch header this build writes (version 2).
 pub const HEADER_LEN: usize = 69;
@@ -33,10 +42,16 @@ pub const HEADER_LEN: usize = 69;
 pub const MIN_HEADER_LEN: usize = 61;
 /// `"SPLB"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SPLB");
-/// The format version this build writes. Version 1 (no append time) is still read.
+/// The format version this build writes for uncompressed batches. Version 1 (no append
+/// time) is still read.
 pub const VERSION: u8 = 2;
+/// The format version of compressed batches: version 2's header, then the records'
+/// uncompressed length and compressed chunks.
+pub const COMPRESSED_VERSION: u8 = 3;
+/// Bytes of a compressed batch's fixed header (version 3).
+pub const COMPRESSED_HEADER_LEN: usize = 73;
 /// Offset of the first byte the CRC covers.
-const CRC_START: usize = 21;
+pub const CRC_START: usize = 21;
 /// Compression codecs live in the low three bits of `attributes`.
 const CODEC_MASK: u16 = 0b111;
 
@@ -105,16 +120,23 @@ pub struct BatchHeader {
     /// measure from (client timestamps may lie). Version 1 did not store it: there it is
     /// the batch's newest record timestamp, the best estimate such a batch has.
     pub append_time_ms: i64,
+    /// Bytes of the records once inflated (version 3); 0 for uncompressed batches.
+    pub uncompressed_len: u32,
 }
 
 impl BatchHeader {
     /// Bytes of this batch's fixed header: where its records start.
     pub fn header_len(&self) -> usize {
-        if self.version == 1 {
-            MIN_HEADER_LEN
-        } else {
-            HEADER_LEN
+        match self.version {
+            1 => MIN_HEADER_LEN,
+            COMPRESSED_VERSION => COMPRESSED_HEADER_LEN,
+            _ => HEADER_LEN,
         }
+    }
+
+    /// How the records are stored.
+    pub fn codec(&self) -> Codec {
+        Codec::from_bits(self.attributes & CODEC_MASK).unwrap_or_default()
     }
 
     /// The offset after this batch's last record.
@@ -140,6 +162,11 @@ pub enum BatchError {
     BadAttributes(u16),
     #[error("malformed record: {0}")]
     BadRecord(&'static str),
+    /// Inflating a compressed chunk would take the decompression budget past its limit.
+    #[error(
+        "inflating {needed} bytes would exceed the decompression memory budget of {limit} bytes"
+    )]
+    OverBudget { needed: usize, limit: usize },
 }
 
 /// Encodes one batch into `out` (cleared first) and returns its header; `append_time_ms` is
@@ -189,6 +216,7 @@ pub fn encode(
         producer,
         version: VERSION,
         append_time_ms,
+        uncompressed_len: 0,
     };
     out[0..8].copy_from_slice(&base_offset.to_le_bytes());
     out[8..12].copy_from_slice(&((total_len - 12) as u32).to_le_bytes());
@@ -259,6 +287,7 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     let header_len = match version {
         1 => MIN_HEADER_LEN,
         VERSION => HEADER_LEN,
+        COMPRESSED_VERSION => COMPRESSED_HEADER_LEN,
         v => return Err(BatchError::BadVersion(v)),
     };
     if (length as usize) < header_len - 12 {
@@ -271,8 +300,13 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     let attributes = u16::from_le_bytes([buf[21], buf[22]]);
-    if attributes & !CODEC_MASK != 0 || attributes & CODEC_MASK != 0 {
-        // Only "no compression" exists in versions 1 and 2; the bits are reserved for codecs.
+    // Versions 1 and 2 hold uncompressed records; version 3 names its codec.
+    let codec_ok = match Codec::from_bits(attributes & CODEC_MASK) {
+        Some(Codec::None) => version != COMPRESSED_VERSION,
+        Some(_) => version == COMPRESSED_VERSION,
+        None => false,
+    };
+    if attributes & !CODEC_MASK != 0 || !codec_ok {
         return Err(BatchError::BadAttributes(attributes));
     }
     let record_count = le_u32(buf, 23);
@@ -305,6 +339,11 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         } else {
             le_u64(buf, 61) as i64
         },
+        uncompressed_len: if version == COMPRESSED_VERSION {
+            le_u32(buf, HEADER_LEN)
+        } else {
+            0
+        },
     })
 }
 
@@ -327,144 +366,26 @@ pub fn check(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(h)
 }
 
-/// A validated batch: its header and its bytes (a zero-copy view into the log).
-#[derive(Clone, Debug)]
-pub struct Batch {
-    pub header: BatchHeader,
-    pub bytes: Bytes,
+/// The version of the batch at the start of `buf` if it is one a later build wrote: its
+/// magic, length and CRC hold but this build does not know its version. Recovery refuses
+/// such a log instead of cutting data it cannot read.
+pub fn future_version(buf: &[u8]) -> Option<u8> {
+    if buf.len() < MIN_HEADER_LEN || le_u32(buf, 12) != MAGIC || buf[16] <= COMPRESSED_VERSION {
+        return None;
+    }
+    let total = (le_u32(buf, 8) as usize).checked_add(12)?;
+    let body = buf.get(CRC_START..total)?;
+    (crc32fast::hash(body) == le_u32(buf, 17)).then_some(buf[16])
 }
 
-impl Batch {
-    /// Validates the batch at the start of `bytes` (CRC included) and keeps a view of it.
-    pub fn parse(bytes: &Bytes) -> Result<Batch, BatchError> {
-        let header = check(bytes)?;
-        Ok(Batch {
-            header,
-            bytes: bytes.slice(..header.total_len),
-        })
-    }
-
-    /// Decodes every record; keys, values and header values are views into `bytes`.
-    pub fn records(&self) -> Result<Vec<StoredRecord>, BatchError> {
-        self.records_from(self.header.base_offset, usize::MAX)
-    }
-
-    /// The records from offset `first` on, at most `max` (at least one if there is one).
-    /// Records before `first` are skipped by their length prefix, not decoded: a read of
-    /// one record from a batch of thousands (a queue's due record) costs the CRC and a walk
-    /// over lengths, not thousands of allocations. The CRC covers what is skipped; its
-    /// fields are checked when it is read itself.
-    pub fn records_from(&self, first: u64, max: usize) -> Result<Vec<StoredRecord>, BatchError> {
-        let skip = first
-            .saturating_sub(self.header.base_offset)
-            .min(u64::from(self.header.record_count)) as u32;
-        let max = max.max(1);
-        // `record_count` comes from disk: every record takes at least one byte, so the
-        // bytes bound it (found by fuzzing: a count of 2^26 in a tiny batch allocated GiBs).
-        let start = self.header.header_len();
-        let mut out = Vec::with_capacity(
-            ((self.header.record_count - skip) as usize)
-                .min(self.bytes.len().saturating_sub(start))
-                .min(max),
-        );
-        let mut cur = Cursor {
-            buf: &self.bytes,
-            pos: start,
-        };
-        for i in 0..self.header.record_count {
-            let len = cur.varint()? as usize;
-            let end = cur
-                .pos
-                .checked_add(len)
-                .filter(|&e| e <= self.bytes.len())
-                .ok_or(BatchError::BadRecord("record runs past the batch"))?;
-            if i < skip {
-                cur.pos = end;
-                continue;
-            }
-            if out.len() >= max {
-                return Ok(out);
-            }
-            let delta = cur.varint()?;
-            if delta != u64::from(i) {
-                return Err(BatchError::BadRecord("offset delta out of order"));
-            }
-            let ts = self
-                .header
-                .first_timestamp_ms
-                .wrapping_add(unzigzag(cur.varint()?));
-            let key = cur.bytes(&self.bytes, end)?;
-            let value = cur.bytes(&self.bytes, end)?;
-            let n_headers = cur.varint()?;
-            if n_headers > len as u64 {
-                return Err(BatchError::BadRecord("header count exceeds record size"));
-            }
-            let mut headers = Vec::with_capacity(n_headers as usize);
-            for _ in 0..n_headers {
-                let k = cur.bytes(&self.bytes, end)?;
-                let key = String::from_utf8(k.to_vec())
-                    .map_err(|_| BatchError::BadRecord("header key is not UTF-8"))?;
-                let value = cur.bytes(&self.bytes, end)?;
-                headers.push(Header { key, value });
-            }
-            if cur.pos != end {
-                return Err(BatchError::BadRecord(
-                    "record length disagrees with its fields",
-                ));
-            }
-            out.push(StoredRecord {
-                offset: self.header.base_offset + u64::from(i),
-                timestamp_ms: ts,
-                key,
-                value,
-                headers,
-            });
-        }
-        if cur.pos != self.bytes.len() {
-            return Err(BatchError::BadRecord(
-                "trailing bytes after the last record",
-            ));
-        }
-        Ok(out)
-    }
+/// Sets the base offset of the encoded batch `buf` (outside the CRC): a batch encoded
+/// before its offset was known, compressed outside the writer's lock, gets it under the
+/// lock.
+pub fn set_base_offset(buf: &mut [u8], base_offset: u64) {
+    buf[..8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn varint(&mut self) -> Result<u64, BatchError> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = *self
-                .buf
-                .get(self.pos)
-                .ok_or(BatchError::BadRecord("varint runs past the batch"))?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(BatchError::BadRecord("varint longer than 10 bytes"))
-    }
-
-    fn bytes(&mut self, owner: &Bytes, limit: usize) -> Result<Bytes, BatchError> {
-        let len = self.varint()? as usize;
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|&e| e <= limit)
-            .ok_or(BatchError::BadRecord("field runs past its record"))?;
-        let b = owner.slice(self.pos..end);
-        self.pos = end;
-        Ok(b)
-    }
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
@@ -495,166 +416,13 @@ fn bytes_len(n: usize) -> usize {
     varint_len(n as u64) + n
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(crate) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(key: &str, value: &str, ts: i64) -> Record {
-        Record {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            headers: vec![
-                Header {
-                    key: "h".into(),
-                    value: Bytes::from_static(b"1"),
-                },
-                Header {
-                    key: "h".into(),
-                    value: Bytes::from_static(b"2"),
-                },
-            ],
-            timestamp_ms: ts,
-        }
-    }
-
-    #[test]
-    fn batch_round_trips_records_headers_and_stamp() {
-        let records = vec![
-            rec("k1", "v1", 1000),
-            rec("", "", 990),
-            rec("k3", "vvv", 2000),
-        ];
-        let stamp = ProducerStamp {
-            producer_id: 7,
-            producer_epoch: 2,
-            sequence: 41,
-        };
-        let mut buf = Vec::new();
-        let h = encode(&mut buf, 100, stamp, &records, 5000);
-        assert_eq!(h.append_time_ms, 5000);
-        assert_eq!(h.total_len, buf.len());
-        assert_eq!(h.max_timestamp_ms, 2000);
-        assert_eq!(h.first_timestamp_ms, 1000);
-        let batch = Batch::parse(&Bytes::from(buf)).unwrap();
-        assert_eq!(batch.header, h);
-        assert_eq!(batch.header.producer, stamp);
-        let got = batch.records().unwrap();
-        assert_eq!(got.len(), 3);
-        for (i, (g, r)) in got.iter().zip(&records).enumerate() {
-            assert_eq!(g.offset, 100 + i as u64);
-            assert_eq!(g.key, r.key);
-            assert_eq!(g.value, r.value);
-            assert_eq!(g.headers, r.headers);
-            assert_eq!(g.timestamp_ms, r.timestamp_ms);
-        }
-    }
-
-    #[test]
-    fn a_read_from_the_middle_of_a_batch_decodes_only_what_it_returns() {
-        let records: Vec<Record> = (0..10).map(|i| rec("k", &format!("v{i}"), i)).collect();
-        let mut buf = Vec::new();
-        encode(&mut buf, 100, ProducerStamp::default(), &records, 0);
-        let batch = Batch::parse(&Bytes::from(buf)).unwrap();
-        let values = |rs: Vec<StoredRecord>| -> Vec<(u64, Bytes)> {
-            rs.into_iter().map(|r| (r.offset, r.value)).collect()
-        };
-        let got = values(batch.records_from(104, 2).unwrap());
-        assert_eq!(got, [(104, Bytes::from("v4")), (105, Bytes::from("v5"))]);
-        assert_eq!(batch.records_from(109, 100).unwrap().len(), 1);
-        assert!(batch.records_from(110, 5).unwrap().is_empty());
-        assert_eq!(
-            values(batch.records_from(0, usize::MAX).unwrap()),
-            values(batch.records().unwrap())
-        );
-    }
-
-    #[test]
-    fn record_encoded_len_matches_encoding() {
-        let records = vec![rec("key", &"x".repeat(300), 5), rec("k", "v", -100)];
-        let mut buf = Vec::new();
-        encode(&mut buf, 0, ProducerStamp::default(), &records, 0);
-        let predicted: usize = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| record_encoded_len(r, i, 5))
-            .sum();
-        assert_eq!(buf.len(), HEADER_LEN + predicted);
-    }
-
-    #[test]
-    fn every_single_byte_flip_is_detected() {
-        let mut buf = Vec::new();
-        encode(
-            &mut buf,
-            5,
-            ProducerStamp::default(),
-            &[rec("a", "b", 1)],
-            9,
-        );
-        for i in 8..buf.len() {
-            let mut bad = buf.clone();
-            bad[i] ^= 0x40;
-            assert!(check(&bad).is_err(), "flip at byte {i} went unnoticed");
-        }
-    }
-
-    #[test]
-    fn truncated_batches_are_rejected() {
-        let mut buf = Vec::new();
-        encode(
-            &mut buf,
-            0,
-            ProducerStamp::default(),
-            &[rec("a", "b", 1)],
-            9,
-        );
-        for len in 0..buf.len() {
-            assert!(check(&buf[..len]).is_err(), "accepted a batch cut at {len}");
-        }
-    }
-
-    #[test]
-    fn version_1_batches_read_with_their_newest_timestamp_as_append_time() {
-        let records = vec![rec("k", "v", 700), rec("k2", "v2", 900)];
-        let mut buf = Vec::new();
-        encode(&mut buf, 3, ProducerStamp::default(), &records, 123_456);
-        let v1 = Bytes::from(as_version_1(&buf));
-        let batch = Batch::parse(&v1).unwrap();
-        assert_eq!(batch.header.version, 1);
-        assert_eq!(batch.header.header_len(), MIN_HEADER_LEN);
-        assert_eq!(batch.header.append_time_ms, 900);
-        let got = batch.records().unwrap();
-        assert_eq!(got[1].value, records[1].value);
-        assert_eq!(got[1].offset, 4);
-        let mut v3 = buf.clone();
-        v3[16] = 3;
-        assert_eq!(check(&v3), Err(BatchError::BadVersion(3)));
-    }
-
-    #[test]
-    fn zeroed_bytes_are_not_a_batch() {
-        assert!(matches!(check(&[0u8; 128]), Err(BatchError::BadLength(0))));
-    }
-
-    #[test]
-    fn varints_and_zigzag_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
-            let mut b = Vec::new();
-            put_varint(&mut b, v);
-            assert_eq!(b.len(), varint_len(v));
-            let mut c = Cursor { buf: &b, pos: 0 };
-            assert_eq!(c.varint().unwrap(), v);
-        }
-        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
-            assert_eq!(unzigzag(zigzag(v)), v);
-        }
-    }
-}
+mod tests;
