@@ -43,6 +43,8 @@ impl fmt::Display for Principal {
 pub enum Operation {
     Create,
     Delete,
+    /// Change a topic's settings or partition count (`AlterTopic`).
+    Alter,
     Describe,
     Append,
     Read,
@@ -55,6 +57,7 @@ impl fmt::Display for Operation {
         let s = match self {
             Operation::Create => "create",
             Operation::Delete => "delete",
+            Operation::Alter => "alter",
             Operation::Describe => "describe",
             Operation::Append => "append",
             Operation::Read => "read",

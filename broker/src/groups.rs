@@ -276,6 +276,19 @@ impl Coordinator {
         dispatch(g);
     }
 
+    /// Rebalances every group on `topic` over its partition count now (AlterTopic added
+    /// partitions): new partitions go to members from their first offset, as no group has
+    /// committed on them.
+    pub fn topic_altered(&self, topic: &str, partitions: u32) {
+        let mut groups = self.groups.lock();
+        for ((_, t), g) in groups.iter_mut() {
+            if t == topic && g.partitions != partitions {
+                g.partitions = partitions;
+                rebalance(g);
+            }
+        }
+    }
+
     /// Ends every stream on a deleted topic and forgets its groups.
     pub fn topic_deleted(&self, topic: &str) {
         let mut groups = self.groups.lock();

@@ -63,7 +63,9 @@ const META_ADVICE: &str = "restore the file from a backup, or delete the topic's
 /// What an operator does about a partition whose log failed.
 const FAILURE_ADVICE: &str = "The partition refuses appends (UNAVAILABLE) because written data may not have reached the disk; reads still work. Check the disk (kernel log), then restart the broker: the log reopens and recovery checks its tail (acknowledged fsynced records stay). Or delete the topic";
 
-/// One partition: its log and the channel that announces its end offset.
+/// One partition: its log and the channel that announces its end offset. Clones share
+/// both (an altered topic keeps its partitions).
+#[derive(Clone)]
 pub struct Partition {
     pub index: u32,
     pub log: Arc<Log>,
@@ -101,6 +103,9 @@ pub struct Topic {
     pub partitions: Vec<Partition>,
     /// Cancelled when the topic is deleted: streams on it end.
     pub deleted: CancellationToken,
+    /// The partition count, announced again when `AlterTopic` adds partitions (shared by
+    /// every version of the topic), so all-partition subscriptions take them up.
+    pub partition_count: Arc<watch::Sender<u32>>,
     round_robin: AtomicU32,
 }
 
@@ -176,7 +181,9 @@ impl Registry {
                 fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
                 continue;
             }
-            metas.push(read_meta(&meta_path)?);
+            let meta = read_meta(&meta_path)?;
+            remove_uncommitted_partitions(&storage, &meta)?;
+            metas.push(meta);
         }
         let topics = open_topics(&storage, &config, metas)?
             .into_iter()
@@ -200,6 +207,11 @@ impl Registry {
 
     pub fn list(&self) -> Vec<Arc<Topic>> {
         self.topics.read().values().cloned().collect()
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
     }
 
     /// Resolves a requested config against the broker defaults.
@@ -270,18 +282,7 @@ impl Registry {
         let topic = open_topics(&self.storage, &self.config, vec![meta])?
             .pop()
             .expect("one topic");
-        let meta = TopicMeta {
-            version: META_VERSION,
-            name: name.to_string(),
-            partitions,
-            config: topic.settings.clone(),
-            crc32: 0,
-        }
-        .sealed();
-        write_atomically(
-            &dir.join(META_FILE),
-            &serde_json::to_vec_pretty(&meta).expect("serialisable"),
-        )?;
+        write_meta(dir, name, partitions, &topic.settings)?;
         sync_dir(&self.storage.root().join("topics"))?;
         Ok(topic)
     }
@@ -310,6 +311,59 @@ impl Registry {
 
     fn topic_dir(&self, name: &str) -> PathBuf {
         self.storage.root().join("topics").join(name)
+    }
+
+    /// Alters a topic (blocking: run off the async threads): `settings` apply to every
+    /// partition at once, partitions up to `partitions` (0 = unchanged) are created empty.
+    /// The new `topic.json` is the commit point: a crash before it leaves the topic as it
+    /// was (empty partition directories past its count are removed on start).
+    pub fn alter(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+    ) -> Result<Arc<Topic>> {
+        let _admin = self.admin.lock();
+        let old = self.get(name)?;
+        let have = old.partitions.len() as u32;
+        let want = if partitions == 0 { have } else { partitions };
+        if want < have {
+            return Err(Error::invalid(format!(
+                "partitions {want} is fewer than the topic's {have}: partitions can only be added"
+            )));
+        }
+        if want > self.config.max_partitions {
+            return Err(Error::invalid(format!(
+                "partitions must be at most {}, got {want}",
+                self.config.max_partitions
+            )));
+        }
+        let log_config = settings.log_config(&self.config);
+        log_config.validate()?;
+        let mut parts = old.partitions.clone();
+        for p in have..want {
+            let log = self
+                .storage
+                .open_log(&format!("topics/{name}/{p}"), log_config.clone())?;
+            parts.push(Partition::new(p, log));
+        }
+        write_meta(&self.topic_dir(name), name, want, &settings)?;
+        for p in &old.partitions {
+            self.storage.reconfigure_log(&p.log, log_config.clone())?;
+        }
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            settings,
+            partitions: parts,
+            deleted: old.deleted.clone(),
+            partition_count: Arc::clone(&old.partition_count),
+            round_robin: AtomicU32::new(0),
+        });
+        self.topics
+            .write()
+            .insert(name.to_string(), Arc::clone(&topic));
+        topic.partition_count.send_replace(want);
+        Ok(topic)
     }
 
     /// Flushes and closes every partition (clean shutdown); false if any close failed.
@@ -362,6 +416,7 @@ fn open_topics(
         topics.push(Topic {
             name: meta.name,
             settings,
+            partition_count: Arc::new(watch::Sender::new(partitions.len() as u32)),
             partitions,
             deleted: CancellationToken::new(),
             round_robin: AtomicU32::new(0),
@@ -441,6 +496,40 @@ fn read_meta(path: &Path) -> Result<TopicMeta> {
         )));
     }
     Ok(meta)
+}
+
+/// Writes the `topic.json` of a topic in `dir`, atomically.
+fn write_meta(dir: &Path, name: &str, partitions: u32, settings: &TopicSettings) -> Result<()> {
+    let meta = TopicMeta {
+        version: META_VERSION,
+        name: name.to_string(),
+        partitions,
+        config: settings.clone(),
+        crc32: 0,
+    }
+    .sealed();
+    let json = serde_json::to_vec_pretty(&meta).expect("serialisable");
+    write_atomically(&dir.join(META_FILE), &json)
+}
+
+/// Removes partition directories of `meta`'s topic numbered past its count: what an
+/// `AlterTopic` that crashed before its `topic.json` left (they hold no records: nothing
+/// could append to them).
+fn remove_uncommitted_partitions(storage: &Storage, meta: &TopicMeta) -> Result<()> {
+    let dir = storage.root().join("topics").join(&meta.name);
+    let entries = fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("list", &dir, e))?.path();
+        let index = path
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<u32>().ok());
+        if index.is_some_and(|i| i >= meta.partitions) && path.is_dir() {
+            tracing::warn!(dir = %path.display(), "removing a partition an interrupted AlterTopic created");
+            fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
+            sync_dir(&dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync the directory.

@@ -223,3 +223,95 @@ fn compression_for(config: &BrokerConfig, req: &v1::TopicConfig) -> Result<(Code
     codec_of(&name, level).map_err(|e| Error::invalid(format!("config.{e}")))?;
     Ok((codec, level))
 }
+
+/// The `TopicConfig` fields `AlterTopicRequest.reset` may name, by their proto names.
+pub const FIELDS: [&str; 9] = [
+    "retention_bytes",
+    "retention_ms",
+    "segment_bytes",
+    "fsync",
+    "fsync_interval_ms",
+    "max_record_bytes",
+    "producer_id_expiration_ms",
+    "compression",
+    "compression_level",
+];
+
+/// `current` altered by `req` (a field at 0 / unspecified keeps its value) and `reset`
+/// (fields set to the broker's default in force now). A field both set and reset, or an
+/// unknown name in `reset`, is `INVALID_ARGUMENT`.
+pub fn alter(
+    config: &BrokerConfig,
+    current: &TopicSettings,
+    req: &v1::TopicConfig,
+    reset: &[String],
+) -> Result<TopicSettings> {
+    for name in reset {
+        if !FIELDS.contains(&name.as_str()) {
+            return Err(Error::invalid(format!(
+                "reset names {name:?}, which is not a TopicConfig field; use one of {}",
+                FIELDS.join(", ")
+            )));
+        }
+    }
+    let set = |name: &str| -> bool {
+        match name {
+            "retention_bytes" => req.retention_bytes != 0,
+            "retention_ms" => req.retention_ms != 0,
+            "segment_bytes" => req.segment_bytes != 0,
+            "fsync" => req.fsync != 0,
+            "fsync_interval_ms" => req.fsync_interval_ms != 0,
+            "max_record_bytes" => req.max_record_bytes != 0,
+            "producer_id_expiration_ms" => req.producer_id_expiration_ms != 0,
+            "compression" => req.compression != 0,
+            _ => req.compression_level != 0,
+        }
+    };
+    if let Some(both) = reset.iter().find(|n| set(n)) {
+        return Err(Error::invalid(format!(
+            "config.{both} is both set and reset: do one"
+        )));
+    }
+    // The asked-for values and the defaults, resolved (and checked) as creation would;
+    // a level without a codec is checked against the topic's codec.
+    let mut asked = *req;
+    let resetting = |name: &str| reset.iter().any(|n| n == name);
+    if req.compression == 0 && req.compression_level != 0 && !resetting("compression") {
+        asked.compression = current.compression.to_proto() as i32;
+    }
+    let resolved = resolve(config, &asked)?;
+    let keep = |name: &str| !set(name) && !resetting(name);
+    let mut out = resolved.clone();
+    if keep("retention_bytes") {
+        out.retention_bytes = current.retention_bytes;
+    }
+    if keep("retention_ms") {
+        out.retention_ms = current.retention_ms;
+    }
+    if keep("segment_bytes") {
+        out.segment_bytes = current.segment_bytes;
+    }
+    if keep("fsync") {
+        out.fsync = current.fsync;
+    }
+    if keep("fsync_interval_ms") {
+        out.fsync_interval_ms = current.fsync_interval_ms;
+    }
+    if keep("max_record_bytes") {
+        out.max_record_bytes = current.max_record_bytes;
+    }
+    if keep("producer_id_expiration_ms") {
+        out.producer_id_expiration_ms = current.producer_id_expiration_ms;
+    }
+    // A new codec without a level takes the codec's default level (0); a level alone
+    // keeps the codec.
+    if keep("compression") && keep("compression_level") {
+        out.compression = current.compression;
+        out.compression_level = current.compression_level;
+    } else if keep("compression") {
+        out.compression = current.compression;
+    }
+    let name = format!("{:?}", out.compression).to_lowercase();
+    codec_of(&name, out.compression_level).map_err(|e| Error::invalid(format!("config.{e}")))?;
+    Ok(out)
+}

@@ -258,40 +258,6 @@ async fn unknown_hosts_and_state_changes_without_json_or_consent_are_refused() {
     );
 }
 
-/// A config file with `tokens` (principal, token) and ACL `rules` (principal, resource,
-/// quoted operations); its path.
-fn auth_config(
-    dir: &std::path::Path,
-    tokens: &[(&str, &str)],
-    rules: &[(&str, &str, &str)],
-) -> std::path::PathBuf {
-    use sha2::Digest;
-    let hex = |t: &str| -> String {
-        sha2::Sha256::digest(t.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    let tokens: Vec<String> = tokens
-        .iter()
-        .map(|(p, t)| format!("{{ principal = \"{p}\", sha256 = \"{}\" }}", hex(t)))
-        .collect();
-    let rules: Vec<String> = rules
-        .iter()
-        .map(|(p, r, ops)| {
-            format!("{{ principal = \"{p}\", resource = \"{r}\", operations = [{ops}] }}")
-        })
-        .collect();
-    let path = dir.join("spool.toml");
-    let text = format!(
-        "[auth]\ntokens = [{}]\nacl = [{}]\n",
-        tokens.join(", "),
-        rules.join(", ")
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn metrics_can_require_a_token_with_describe_on_cluster() {
     let dir = tempfile::tempdir().unwrap();

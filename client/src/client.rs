@@ -246,6 +246,33 @@ impl Client {
             .ok_or_else(|| Error::InvalidArgument("the broker answered without a topic".into()))
     }
 
+    /// Changes a topic's settings (fields at 0 keep their value; `reset` names fields,
+    /// by their proto names, set back to the broker's default) and adds partitions up to
+    /// `partitions` (0 = unchanged).
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        reset: Vec<String>,
+    ) -> Result<TopicInfo> {
+        let req = self.request(AlterTopicRequest {
+            name: name.to_string(),
+            partitions,
+            config: Some(config),
+            reset,
+        });
+        let resp = self
+            .raw
+            .clone()
+            .alter_topic(req)
+            .await
+            .map_err(|s| self.error(s))?;
+        resp.into_inner()
+            .topic
+            .ok_or_else(|| Error::InvalidArgument("the broker answered without a topic".into()))
+    }
+
     /// Deletes a topic and its records.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let req = self.request(DeleteTopicRequest {

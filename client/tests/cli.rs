@@ -111,6 +111,46 @@ async fn topic_create_list_describe_delete() {
         .skip(1)
         .collect();
     assert_eq!(partition_rows.len(), 3, "{}", d.stdout);
+    assert!(d.stdout.contains("compression"), "{}", d.stdout);
+
+    let altered = spool(
+        &e,
+        &[
+            "topic",
+            "alter",
+            "orders",
+            "--partitions",
+            "5",
+            "--compression",
+            "zstd",
+            "--compression-level",
+            "-3",
+            "--reset",
+            "max_record_bytes",
+        ],
+    )
+    .await
+    .ok();
+    assert!(
+        altered
+            .stdout
+            .contains("altered topic orders: 5 partitions")
+    );
+    let d = spool(&e, &["topic", "describe", "orders"]).await.ok();
+    for want in ["zstd (level -3)", "1.0 MiB", "3600000 (1h)"] {
+        assert!(
+            d.stdout.contains(want),
+            "{want:?} missing from\n{}",
+            d.stdout
+        );
+    }
+    let fewer = spool(&e, &["topic", "alter", "orders", "--partitions", "2"]).await;
+    assert_eq!(fewer.code, 1);
+    assert!(
+        fewer.stderr.contains("partitions can only be added"),
+        "{}",
+        fewer.stderr
+    );
 
     let dup = spool(&e, &["topic", "create", "orders", "-p", "1"]).await;
     assert_eq!(dup.code, 1);

@@ -480,3 +480,42 @@ async fn a_producer_the_broker_forgot_fails_one_send_and_goes_on_under_a_new_id(
     let d = producer.send(ProducerRecord::new("c")).await.unwrap();
     assert_eq!(d.offset, 2, "nothing of the refused send was appended");
 }
+
+/// AlterTopic under a live producer: a record naming a new partition is sent there (the
+/// producer asks the broker before refusing it), and keys hash over the new count.
+#[tokio::test]
+async fn a_producer_takes_up_partitions_added_to_its_topic() {
+    let broker = TempBroker::start().await;
+    let client = connect(&broker.endpoint()).await;
+    client
+        .create_topic("growing", 2, TopicConfig::default())
+        .await
+        .expect("creating the topic");
+    let producer = Producer::new(&client, "growing", ProducerOptions::default())
+        .await
+        .expect("starting the producer");
+    let err = producer
+        .send(ProducerRecord::new("x").partition(3))
+        .await
+        .expect_err("partition 3 does not exist yet");
+    assert!(err.to_string().contains("partitions 0..2"), "{err}");
+    client
+        .alter_topic("growing", 4, TopicConfig::default(), Vec::new())
+        .await
+        .expect("altering the topic");
+    let d = producer
+        .send(ProducerRecord::new("to three").partition(3))
+        .await
+        .expect("partition 3 exists now");
+    assert_eq!((d.partition, d.offset), (3, 0));
+    assert_eq!(producer.partitions(), 4);
+    // Keys now hash over four partitions.
+    let d = producer
+        .send(ProducerRecord::new("keyed").key("order-42"))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.partition,
+        spool_proto::partitioning::partition_for_key(b"order-42", 4)
+    );
+}

@@ -42,8 +42,20 @@ impl Flusher {
 
     pub fn register(&self, log: &Arc<Log>, every: Duration) {
         let mut st = self.shared.state.lock();
-        st.logs.push((Arc::downgrade(log), every));
+        let weak = Arc::downgrade(log);
+        st.logs.retain(|(w, _)| !w.ptr_eq(&weak));
+        st.logs.push((weak, every));
         self.shared.wake.notify_all();
+    }
+
+    /// Stops syncing `log` (its durability is no longer an interval).
+    pub fn unregister(&self, log: &Arc<Log>) {
+        let weak = Arc::downgrade(log);
+        self.shared
+            .state
+            .lock()
+            .logs
+            .retain(|(w, _)| !w.ptr_eq(&weak));
     }
 }
 

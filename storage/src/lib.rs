@@ -173,6 +173,21 @@ impl Storage {
     }
 
     /// Whether this start followed a clean shutdown ([`Storage::mark_clean`]).
+    /// Changes an open log's configuration (see [`Log::reconfigure`]), registering it with
+    /// the interval flusher or taking it off as its durability now asks.
+    pub fn reconfigure_log(&self, log: &Arc<Log>, config: LogConfig) -> Result<()> {
+        let interval = match config.durability {
+            Durability::Interval(d) => Some(d),
+            _ => None,
+        };
+        log.reconfigure(config)?;
+        match interval {
+            Some(every) => self.shared.flusher.register(log, every),
+            None => self.shared.flusher.unregister(log),
+        }
+        Ok(())
+    }
+
     pub fn clean_start(&self) -> bool {
         self.clean_start
     }

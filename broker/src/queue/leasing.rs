@@ -44,6 +44,22 @@ pub struct Queue {
     pub deleted: CancellationToken,
 }
 
+/// The most partitions a queue's state grows to (a topic has at most 10,000 by default):
+/// a replayed event naming a wild partition cannot allocate without bound.
+const MAX_QUEUE_PARTITIONS: usize = 1 << 20;
+
+impl QueueState {
+    /// Gives the queue state for partitions up to `n`, new ones starting at offset 0
+    /// (their beginning: retention moves a floor below the log's start up at the next
+    /// scan).
+    pub fn grow_to(&mut self, n: usize) {
+        let n = n.min(MAX_QUEUE_PARTITIONS);
+        while self.partitions.len() < n {
+            self.partitions.push(Partition::new(0));
+        }
+    }
+}
+
 pub(super) struct QueueState {
     pub partitions: Vec<Partition>,
     pub acked_total: u64,
@@ -225,6 +241,8 @@ impl Queue {
         out: &mut Leased,
         deferred: &mut Vec<(u32, u64)>,
     ) -> Result<()> {
+        // Partitions AlterTopic added are the queue's from their beginning.
+        st.grow_to(topic.partitions.len());
         let n = st.partitions.len().min(topic.partitions.len());
         let first = st.next_partition % n.max(1);
         st.next_partition = st.next_partition.wrapping_add(1);

@@ -53,6 +53,10 @@ impl Queue {
     pub(super) fn replay(&self, e: &Event) {
         let mut guard = self.state.lock();
         let st = &mut *guard;
+        if let Some(p) = e.highest_partition() {
+            // A partition AlterTopic added after the queue's creation.
+            st.grow_to(p as usize + 1);
+        }
         match e {
             Event::Lease {
                 p,

@@ -263,6 +263,25 @@ pub struct Counters {
 }
 
 impl Event {
+    /// The highest partition the event names, if it names one.
+    pub fn highest_partition(&self) -> Option<u32> {
+        match self {
+            Event::Lease { p, .. }
+            | Event::Leases { p, .. }
+            | Event::Ack { p, .. }
+            | Event::Acks { p, .. }
+            | Event::Nack { p, .. }
+            | Event::Extend { p, .. }
+            | Event::DeadLetter { p, .. }
+            | Event::DeadLettered { p, .. }
+            | Event::Deferred { p, .. }
+            | Event::SnapshotDeferred { p, .. }
+            | Event::Snapshot { p, .. } => Some(*p),
+            Event::Redriven { records, .. } => records.iter().map(|r| r.0).max(),
+            Event::Create { .. } | Event::Delete { .. } | Event::Redrive { .. } => None,
+        }
+    }
+
     pub fn queue_id(&self) -> u64 {
         match self {
             Event::Create { id, .. }

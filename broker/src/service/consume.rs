@@ -495,6 +495,10 @@ impl Session {
             }
             Command::Start { partition } => {
                 if !self.parts.contains_key(&partition) {
+                    if partition as usize >= self.topic.partitions.len() {
+                        // AlterTopic added it after this stream joined.
+                        self.topic = self.inner.registry.get(&self.topic.name)?;
+                    }
                     let p = self.topic.partition(partition)?;
                     let log = &p.log;
                     let start = log.start_offset();

@@ -95,6 +95,18 @@ impl Broker for BrokerService {
         Ok(Response::new(topics::create(&self.inner, req).await?))
     }
 
+    async fn alter_topic(
+        &self,
+        req: Request<AlterTopicRequest>,
+    ) -> Result<Response<AlterTopicResponse>, Status> {
+        let who = principal_of(&req);
+        let req = req.into_inner();
+        self.inner
+            .auth
+            .check(&who, Op::Alter, Resource::Topic(&req.name))?;
+        Ok(Response::new(topics::alter(&self.inner, req).await?))
+    }
+
     async fn delete_topic(
         &self,
         req: Request<DeleteTopicRequest>,

@@ -179,20 +179,35 @@ pub async fn subscribe(
     inner.metrics.active_subscriptions.inc();
     let guard = Arc::new(SubscriptionGuard(Arc::clone(inner)));
     let free = Arc::new(FreeSlot::default());
+    let stream = tx.clone();
+    let spawn = {
+        let inner = Arc::clone(inner);
+        move |topic: &Arc<Topic>, index: u32, from: u64| {
+            let pump = Pump {
+                who: who.clone(),
+                inner: Arc::clone(&inner),
+                topic: Arc::clone(topic),
+                index,
+                next: from,
+                max_records,
+                max_bytes,
+                tx: tx.clone(),
+                free: Arc::clone(&free),
+                _guard: Arc::clone(&guard),
+            };
+            tokio::spawn(pump.run());
+        }
+    };
     for (index, from) in starts {
-        let pump = Pump {
-            who: who.clone(),
-            inner: Arc::clone(inner),
-            topic: Arc::clone(&topic),
-            index,
-            next: from,
-            max_records,
-            max_bytes,
-            tx: tx.clone(),
-            free: Arc::clone(&free),
-            _guard: Arc::clone(&guard),
-        };
-        tokio::spawn(pump.run());
+        spawn(&topic, index, from);
+    }
+    if req.partitions.is_empty() {
+        tokio::spawn(follow_new_partitions(
+            Arc::clone(inner),
+            topic,
+            stream,
+            spawn,
+        ));
     }
     // A message gives its room back once tonic takes it to encode.
     Ok(ReceiverStream::new(rx).map(|(item, room): Queued| {
@@ -203,6 +218,33 @@ pub async fn subscribe(
         }
         item
     }))
+}
+
+/// Starts a pump, from its first offset, for each partition `AlterTopic` adds to `topic`
+/// while the subscription (of every partition) lives: it ends when the client's stream
+/// does (`stream` closes) or the topic is deleted.
+async fn follow_new_partitions(
+    inner: Arc<Inner>,
+    topic: Arc<Topic>,
+    stream: mpsc::Sender<Queued>,
+    spawn: impl Fn(&Arc<Topic>, u32, u64) + Send + 'static,
+) {
+    let mut count = topic.partition_count.subscribe();
+    let mut have = topic.partitions.len() as u32;
+    loop {
+        tokio::select! {
+            changed = count.changed() => if changed.is_err() { return },
+            () = topic.deleted.cancelled() => return,
+            () = stream.closed() => return,
+        }
+        let Ok(now) = inner.registry.get(&topic.name) else {
+            return;
+        };
+        for p in have..now.partitions.len() as u32 {
+            spawn(&now, p, now.partitions[p as usize].log.start_offset());
+        }
+        have = have.max(now.partitions.len() as u32);
+    }
 }
 
 /// Each stream may always queue one message outside the shared budget, so a stream never

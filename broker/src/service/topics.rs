@@ -1,4 +1,4 @@
-//! CreateTopic, DeleteTopic, ListTopics, DescribeTopic.
+//! CreateTopic, AlterTopic, DeleteTopic, ListTopics, DescribeTopic.
 
 use std::sync::Arc;
 
@@ -21,6 +21,30 @@ pub async fn create(inner: &Arc<Inner>, req: CreateTopicRequest) -> Result<Creat
     .await??;
     tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "topic created");
     Ok(CreateTopicResponse {
+        topic: Some(topic_info(&topic)),
+    })
+}
+
+pub async fn alter(inner: &Arc<Inner>, req: AlterTopicRequest) -> Result<AlterTopicResponse> {
+    validate_name("topic", &req.name)?;
+    let current = inner.registry.get(&req.name)?;
+    let settings = crate::settings::alter(
+        inner.registry.config(),
+        &current.settings,
+        &req.config.unwrap_or_default(),
+        &req.reset,
+    )?;
+    let inner2 = Arc::clone(inner);
+    let topic = tokio::task::spawn_blocking(move || {
+        inner2.registry.alter(&req.name, req.partitions, settings)
+    })
+    .await??;
+    // Groups on the topic rebalance over its partitions as they are now.
+    inner
+        .groups
+        .topic_altered(&topic.name, topic.partitions.len() as u32);
+    tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "topic altered");
+    Ok(AlterTopicResponse {
         topic: Some(topic_info(&topic)),
     })
 }

@@ -331,6 +331,32 @@ pub async fn create_topic_with(
         .expect("topic info")
 }
 
+/// `AlterTopic`: the call's result, for tests of its errors too.
+pub async fn try_alter(
+    c: &mut Client,
+    name: &str,
+    partitions: u32,
+    config: TopicConfig,
+    reset: &[&str],
+) -> Result<TopicInfo, Status> {
+    let req = AlterTopicRequest {
+        name: name.into(),
+        partitions,
+        config: Some(config),
+        reset: reset.iter().map(|s| s.to_string()).collect(),
+    };
+    within("AlterTopic", c.alter_topic(req))
+        .await
+        .map(|r| r.into_inner().topic.expect("topic info"))
+}
+
+/// `AlterTopic` that must succeed.
+pub async fn alter(c: &mut Client, name: &str, partitions: u32, config: TopicConfig) -> TopicInfo {
+    try_alter(c, name, partitions, config, &[])
+        .await
+        .unwrap_or_else(|s| panic!("AlterTopic {name}: {s}"))
+}
+
 /// Appends `records` to an explicit partition; returns the response.
 pub async fn append(
     c: &mut Client,
@@ -485,4 +511,38 @@ pub async fn take_records(
     }
     assert_eq!(out.len(), n, "more records than expected arrived");
     out
+}
+
+/// A config file with `tokens` (principal, token) and ACL `rules` (principal, resource,
+/// quoted operations); its path.
+pub fn auth_config(
+    dir: &std::path::Path,
+    tokens: &[(&str, &str)],
+    rules: &[(&str, &str, &str)],
+) -> std::path::PathBuf {
+    use sha2::Digest;
+    let hex = |t: &str| -> String {
+        sha2::Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let tokens: Vec<String> = tokens
+        .iter()
+        .map(|(p, t)| format!("{{ principal = \"{p}\", sha256 = \"{}\" }}", hex(t)))
+        .collect();
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|(p, r, ops)| {
+            format!("{{ principal = \"{p}\", resource = \"{r}\", operations = [{ops}] }}")
+        })
+        .collect();
+    let path = dir.join("spool.toml");
+    let text = format!(
+        "[auth]\ntokens = [{}]\nacl = [{}]\n",
+        tokens.join(", "),
+        rules.join(", ")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }

@@ -13,6 +13,7 @@
 //! revoked commits, acks, auto-commit, flow control), `describe` (stream rules, fencing,
 //! DescribeGroup and ListGroups, regressions).
 
+mod altered;
 mod commits;
 #[path = "../common/mod.rs"]
 mod common;

@@ -15,6 +15,17 @@ Example:
 
 Options left out take the broker's defaults.")]
     Create(CreateArgs),
+    /// Change a live topic's settings or add partitions; what is left out stays.
+    #[command(after_help = "\
+Examples:
+  spool topic alter orders --retention-ms 604800000 --partitions 12
+  spool topic alter orders --compression zstd --compression-level 6
+  spool topic alter orders --reset retention_ms --reset compression
+
+--reset takes TopicConfig field names (retention_bytes, retention_ms, segment_bytes,
+fsync, fsync_interval_ms, max_record_bytes, producer_id_expiration_ms, compression,
+compression_level) and sets them to the broker's default in force now.")]
+    Alter(AlterArgs),
     /// List every topic with its partitions, record count, size and fsync policy.
     #[command(after_help = "Example:\n  spool topic list")]
     List,
@@ -36,9 +47,23 @@ Options left out take the broker's defaults.")]
 pub struct CreateArgs {
     /// The topic's name: 1 to 249 characters from [A-Za-z0-9._-].
     name: String,
-    /// Number of partitions (1 to 10,000), fixed for the topic's life.
+    /// Number of partitions (1 to 10,000); `spool topic alter` can add more later.
     #[arg(long, short)]
     partitions: u32,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AlterArgs {
+    /// The topic.
+    name: String,
+    /// The new partition count (more than now; records stay where they are).
+    #[arg(long, short)]
+    partitions: Option<u32>,
+    /// A setting, by its TopicConfig field name, to set to the broker's default.
+    #[arg(long, value_name = "FIELD")]
+    reset: Vec<String>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -128,6 +153,19 @@ pub enum Fsync {
 pub async fn run(client: &Client, cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
         TopicCommand::Create(args) => create(client, args).await,
+        TopicCommand::Alter(a) => {
+            let config = a.config.to_proto();
+            let info = client
+                .alter_topic(&a.name, a.partitions.unwrap_or(0), config, a.reset)
+                .await?;
+            println!(
+                "altered topic {}: {} partition{}",
+                info.name,
+                info.partitions,
+                if info.partitions == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
         TopicCommand::List => list(client).await,
         TopicCommand::Describe { name } => describe(client, &name).await,
         TopicCommand::Delete { name } => {

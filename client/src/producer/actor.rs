@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -46,6 +47,10 @@ pub(super) struct Actor {
     client: Client,
     topic: String,
     partitions: u32,
+    /// Shared with the handle: the count as last learnt by either.
+    known_partitions: Arc<AtomicU32>,
+    /// When the task next asks the broker for the partition count.
+    refresh_at: Instant,
     options: ProducerOptions,
     /// Records accepted and not yet answered; a permit goes back per answered record.
     room: Arc<Semaphore>,
@@ -75,15 +80,18 @@ impl Actor {
     pub(super) fn new(
         client: Client,
         topic: String,
-        partitions: u32,
+        known_partitions: Arc<AtomicU32>,
         options: ProducerOptions,
         room: Arc<Semaphore>,
     ) -> Actor {
+        let partitions = known_partitions.load(Ordering::Acquire);
         let n = partitions as usize;
         Actor {
             client,
             topic,
             partitions,
+            known_partitions,
+            refresh_at: Instant::now() + super::METADATA_REFRESH,
             producer_id: if options.idempotent {
                 new_producer_id()
             } else {
@@ -149,6 +157,7 @@ impl Actor {
                 () = sleep_until(Some(self.retry_at)), if needs_conn => {
                     self.reconnect().await;
                 }
+                () = sleep_until(Some(self.refresh_at)) => self.refresh_partitions().await,
             }
         }
     }
@@ -186,7 +195,30 @@ impl Actor {
                 }
             }
             Cmd::Flush(done) => self.flushes.push(done),
+            Cmd::Grow(n) => self.grow(n),
         }
+    }
+
+    /// Asks the broker for the topic's partition count (AlterTopic may have added some,
+    /// which keys now hash over); a failure waits for the next refresh.
+    async fn refresh_partitions(&mut self) {
+        self.refresh_at = Instant::now() + super::METADATA_REFRESH;
+        if let Ok(info) = self.client.describe_topic(&self.topic).await {
+            self.grow(info.partitions);
+        }
+    }
+
+    /// Takes up partitions up to `n` (never fewer: a topic does not shrink).
+    fn grow(&mut self, n: u32) {
+        if n <= self.partitions {
+            return;
+        }
+        self.partitions = n;
+        self.known_partitions.fetch_max(n, Ordering::AcqRel);
+        let n = n as usize;
+        self.acc.resize_with(n, Accumulator::default);
+        self.next_seq.resize(n, 0);
+        self.per_partition.resize(n, 0);
     }
 
     /// The record's explicit partition, else its key's, else the current sticky one.

@@ -122,6 +122,10 @@ impl Default for ProducerOptions {
 }
 
 /// What callers hand the producer's task.
+/// How often a producer asks the broker for its topic's partition count, so keys hash
+/// over partitions AlterTopic added (records naming a new partition ask at once).
+pub const METADATA_REFRESH: Duration = Duration::from_secs(30);
+
 enum Cmd {
     Send(ProducerRecord, oneshot::Sender<Result<Delivery>>),
     /// Records `first..first + records.len()` of one [`Producer::enqueue_batch`] call.
@@ -131,6 +135,9 @@ enum Cmd {
         first: usize,
     },
     Flush(oneshot::Sender<()>),
+    /// The topic has this many partitions now (AlterTopic added some): sent before the
+    /// first record for one of them, so the task never sees a partition it lacks.
+    Grow(u32),
 }
 
 /// A batching, pipelined, idempotent producer for one topic.
@@ -163,7 +170,11 @@ pub struct Producer {
     room: Arc<Semaphore>,
     capacity: usize,
     task: tokio::task::JoinHandle<()>,
-    partitions: u32,
+    /// The partition count as last learnt (the task refreshes it too, see
+    /// [`METADATA_REFRESH`]).
+    partitions: Arc<std::sync::atomic::AtomicU32>,
+    /// The client and topic, to ask for the partition count (boxed: the handle stays small).
+    topic: Arc<(Client, String)>,
 }
 
 impl Producer {
@@ -175,7 +186,7 @@ impl Producer {
             ));
         }
         let info = client.describe_topic(topic).await?;
-        let partitions = info.partitions.max(1);
+        let partitions = Arc::new(std::sync::atomic::AtomicU32::new(info.partitions.max(1)));
         // Room is taken in u32-sized steps (tokio's acquire_many).
         let capacity = options
             .buffer_records
@@ -186,7 +197,7 @@ impl Producer {
         let actor = Actor::new(
             client.clone(),
             topic.to_string(),
-            partitions,
+            Arc::clone(&partitions),
             options,
             Arc::clone(&room),
         );
@@ -197,12 +208,14 @@ impl Producer {
             capacity,
             task,
             partitions,
+            topic: Arc::new((client.clone(), topic.to_string())),
         })
     }
 
-    /// The topic's partition count.
+    /// The topic's partition count, as last learnt: at the start, every
+    /// [`METADATA_REFRESH`], and whenever a record names a partition past it.
     pub fn partitions(&self) -> u32 {
-        self.partitions
+        self.partitions.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Sends one record and waits for its acknowledgement.
@@ -214,7 +227,7 @@ impl Producer {
     /// [`ProducerOptions::buffer_records`] unanswered records; the returned future
     /// resolves with the acknowledgement.
     pub async fn enqueue(&self, record: ProducerRecord) -> Result<PendingDelivery> {
-        self.check_partition(&record)?;
+        self.check_partitions(std::slice::from_ref(&record)).await?;
         self.reserve(1).await?;
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -230,7 +243,7 @@ impl Producer {
         records: impl IntoIterator<Item = ProducerRecord>,
     ) -> Result<Vec<PendingDelivery>> {
         let records: Vec<ProducerRecord> = records.into_iter().collect();
-        records.iter().try_for_each(|r| self.check_partition(r))?;
+        self.check_partitions(&records).await?;
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
             self.reserve(1).await?;
@@ -254,7 +267,7 @@ impl Producer {
         records: impl IntoIterator<Item = ProducerRecord>,
     ) -> Result<PendingBatch> {
         let mut records: Vec<ProducerRecord> = records.into_iter().collect();
-        records.iter().try_for_each(|r| self.check_partition(r))?;
+        self.check_partitions(&records).await?;
         if records.is_empty() {
             return Ok(PendingBatch::ready(Ok(Vec::new())));
         }
@@ -277,14 +290,28 @@ impl Producer {
         Ok(pending)
     }
 
-    fn check_partition(&self, record: &ProducerRecord) -> Result<()> {
-        match record.partition {
-            Some(p) if p >= self.partitions => Err(Error::InvalidArgument(format!(
-                "partition {p} does not exist: the topic has partitions 0..{}",
-                self.partitions
-            ))),
-            _ => Ok(()),
+    /// Refuses records naming a partition the topic does not have, after asking the
+    /// broker whether AlterTopic added it (and telling the task if so).
+    async fn check_partitions(&self, records: &[ProducerRecord]) -> Result<()> {
+        let Some(wanted) = records.iter().filter_map(|r| r.partition).max() else {
+            return Ok(());
+        };
+        if wanted < self.partitions() {
+            return Ok(());
         }
+        let (client, topic) = &*self.topic;
+        let now = client.describe_topic(topic).await?.partitions;
+        if now > self.partitions() {
+            self.partitions
+                .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+            self.tx.send(Cmd::Grow(now)).map_err(|_| Error::Closed)?;
+        }
+        if wanted >= now {
+            return Err(Error::InvalidArgument(format!(
+                "partition {wanted} does not exist: the topic has partitions 0..{now}"
+            )));
+        }
+        Ok(())
     }
 
     /// Takes room for `n` records; the producer's task gives it back as they are answered.

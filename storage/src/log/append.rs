@@ -51,28 +51,29 @@ impl Log {
             return Err(Error::EmptyBatch);
         }
         self.check_poisoned()?;
+        let config = self.config();
         let first_ts = records[0].timestamp_ms;
         let mut size = batch::HEADER_LEN as u64;
         for (i, r) in records.iter().enumerate() {
             let n = batch::record_encoded_len(r, i, first_ts) as u64;
-            if n > self.config.max_record_bytes {
+            if n > config.max_record_bytes {
                 return Err(Error::RecordTooLarge {
                     size: n,
-                    max: self.config.max_record_bytes,
+                    max: config.max_record_bytes,
                 });
             }
             size += n;
         }
-        if size > self.config.max_batch_bytes {
+        if size > config.max_batch_bytes {
             return Err(Error::BatchTooLarge {
                 size,
-                max: self.config.max_batch_bytes,
+                max: config.max_batch_bytes,
             });
         }
         let append_ms = super::producers::wall_clock_ms();
         // Compression is CPU work: done before the writer lock, at offset 0 (the base
         // offset lies outside the CRC and is set under the lock).
-        let compressed = (!self.config.compression.codec.is_none()).then(|| {
+        let compressed = (!config.compression.codec.is_none()).then(|| {
             let mut buf = Vec::new();
             let h = batch::encode_compressed(
                 &mut buf,
@@ -80,7 +81,7 @@ impl Log {
                 producer,
                 records,
                 append_ms,
-                self.config.compression,
+                config.compression,
             );
             (buf, h)
         });
@@ -144,7 +145,7 @@ impl Log {
                 }
             }
         };
-        let fsynced = match self.config.durability {
+        let fsynced = match config.durability {
             Durability::Always if sync => {
                 self.sync_to(appended.base_offset + u64::from(appended.record_count))?;
                 true
@@ -165,7 +166,7 @@ impl Log {
     ) -> Result<()> {
         let len = buf.len() as u64;
         let rel_fits = u32::try_from(h.next_offset() - w.segment.base).is_ok();
-        if w.pos > 0 && (w.pos + len > self.config.segment_bytes || !rel_fits) {
+        if w.pos > 0 && (w.pos + len > self.config().segment_bytes || !rel_fits) {
             self.roll(w)?;
         }
         self.reserve(w, w.pos + len)?;
@@ -178,7 +179,7 @@ impl Log {
         let (offset_entry, time_entry) = w.index.observe(pos, (h.base_offset - seg.base) as u32, h);
         seg.publish(w.pos, h.next_offset(), h);
         seg.push_index(offset_entry, time_entry);
-        if w.pos - w.index_persisted_pos >= self.config.index_persist_bytes {
+        if w.pos - w.index_persisted_pos >= self.config().index_persist_bytes {
             self.persist_index(w);
         }
         self.end.store(h.next_offset(), Ordering::Release);
@@ -250,9 +251,9 @@ impl Log {
         // to `preallocate_bytes`: space reserved ahead stays below what the partition has
         // already written (plus the first step), so an idle partition costs kilobytes while
         // a busy one soon reserves in full steps.
-        let ahead = w.reserve_step.min(self.config.preallocate_bytes);
+        let ahead = w.reserve_step.min(self.config().preallocate_bytes);
         w.reserve_step = ahead.saturating_mul(2);
-        let step = (w.reserved + ahead).min(self.config.segment_bytes);
+        let step = (w.reserved + ahead).min(self.config().segment_bytes);
         let target = need.max(step);
         faults::check(faults::Op::Allocate, &w.segment.log_path)
             .and_then(|()| {
@@ -274,7 +275,7 @@ impl Log {
         if let Some(e) = w.index.final_time_entry() {
             old.push_index(None, Some(e));
         }
-        let always = self.config.durability == Durability::Always;
+        let always = self.config().durability == Durability::Always;
         // Write the index files whole from memory (repairing any failed append), synced
         // here under `Always` and by the next `sync` otherwise.
         if let Some((offsets, times)) = old.active_index_bytes() {
@@ -334,7 +335,7 @@ impl Log {
         w.pos = 0;
         w.reserved = 0;
         w.snapshot_pos = 0;
-        w.index = IndexBuilder::new(self.config.index_interval_bytes);
+        w.index = IndexBuilder::new(self.config().index_interval_bytes);
         Ok(())
     }
 }

@@ -19,7 +19,8 @@ impl Log {
     /// stamped in the future by its client keeps nothing). Returns the number of segments
     /// deleted.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
-        if self.config.retention_bytes.is_none() && self.config.retention.is_none() {
+        let config = self.config();
+        if config.retention_bytes.is_none() && config.retention.is_none() {
             return Ok(0);
         }
         // Which segments go is decided without the writer lock (a closed segment's size and
@@ -28,11 +29,10 @@ impl Log {
         let mut remaining: u64 = segs.iter().map(|s| s.len()).sum();
         let mut doomed = Vec::new();
         for s in &segs[..segs.len() - 1] {
-            let by_bytes = self
-                .config
+            let by_bytes = config
                 .retention_bytes
                 .is_some_and(|max| remaining.saturating_sub(s.len()) >= max);
-            let by_age = self.config.retention.is_some_and(|age| {
+            let by_age = config.retention.is_some_and(|age| {
                 let newest = s.newest_append_time(&self.shared.cache);
                 newest != i64::MIN
                     && newest
@@ -193,7 +193,7 @@ impl Log {
         disk::rename(&tmp, &seg.log_path).map_err(|e| Error::io("rename", &seg.log_path, e))?;
         sync_dir(&self.dir)?;
         let (builder, valid) =
-            segment::scan_indexes(kept, seg.base, self.config.index_interval_bytes);
+            segment::scan_indexes(kept, seg.base, self.config().index_interval_bytes);
         debug_assert_eq!(valid, pos);
         rewrite(&seg.index_path, &builder.offsets, false)?;
         rewrite(&seg.time_path, &builder.times, false)?;

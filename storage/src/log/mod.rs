@@ -118,7 +118,8 @@ struct SyncState {
 pub struct Log {
     name: String,
     dir: PathBuf,
-    config: LogConfig,
+    /// Replaced whole by [`Log::reconfigure`]; each operation reads one snapshot.
+    config: RwLock<Arc<LogConfig>>,
     shared: Arc<Shared>,
     writer: Mutex<Writer>,
     segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
@@ -323,7 +324,7 @@ impl Log {
             failure: Mutex::new(None),
             unsynced: Mutex::new(Vec::new()),
             report,
-            config,
+            config: RwLock::new(Arc::new(config)),
         };
         // Recovered producers count against the bounds too (an older build kept them all).
         let mut w = log.writer.lock();
@@ -342,8 +343,24 @@ impl Log {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<LogConfig> {
+        Arc::clone(&self.config.read())
+    }
+
+    /// Changes the configuration of the open log: limits, segment size, retention,
+    /// durability and compression apply from the next append (or retention pass) on;
+    /// batches already written keep their form. The index interval is fixed at open.
+    /// Storage's [`crate::Storage::reconfigure_log`] also moves the log to or from the
+    /// interval flusher.
+    pub(crate) fn reconfigure(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        let config = LogConfig {
+            index_interval_bytes: self.config().index_interval_bytes,
+            ..config
+        };
+        *self.config.write() = Arc::new(config);
+        Ok(())
     }
 
     /// What opening the log found and did.
@@ -451,7 +468,7 @@ impl Log {
             w.reserved = w.pos;
         }
         drop(w);
-        if self.config.durability != Durability::Never {
+        if self.config().durability != Durability::Never {
             self.sync()?;
         }
         Ok(())

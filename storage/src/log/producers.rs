@@ -35,11 +35,11 @@ impl Log {
     /// count. A log keeps at least the producer that just appended, so the storage-wide cap
     /// can be exceeded by at most one producer per log.
     pub(super) fn bound_producers(&self, w: &mut Writer, now_ms: i64) {
-        if let Some(ttl) = self.config.producer_expiration {
+        if let Some(ttl) = self.config().producer_expiration {
             let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             w.producers.expire(now_ms, ttl);
         }
-        while w.producers.len() > self.config.max_producers.max(1) && w.producers.forget_lru() {}
+        while w.producers.len() > self.config().max_producers.max(1) && w.producers.forget_lru() {}
         let total = &self.shared.producers;
         while w.producers.len() > 1
             && total.load(Ordering::Relaxed) - w.counted_producers + w.producers.len()

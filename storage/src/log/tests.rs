@@ -429,3 +429,64 @@ fn an_idle_partition_reserves_kilobytes_and_a_busy_one_reserves_in_full_steps() 
         "a busy partition reserves in full steps, the largest was {largest_step} bytes"
     );
 }
+
+#[test]
+fn a_reconfigured_log_applies_its_new_settings_from_the_next_append_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let log = storage.open_log("t/0", small_config()).unwrap();
+    let batch = |from: u64| -> Vec<Record> { (from..from + 50).map(|i| record(i, 1)).collect() };
+    for b in 0..40 {
+        log.append(&batch(b * 50), ProducerStamp::default())
+            .unwrap();
+    }
+    let segments = log.segment_count();
+    assert!(segments > 3);
+    // A record limit below what was accepted: the next such append is refused.
+    let limit = LogConfig {
+        max_record_bytes: 50,
+        ..small_config()
+    };
+    storage.reconfigure_log(&log, limit).unwrap();
+    assert!(matches!(
+        log.append(&batch(2_000), ProducerStamp::default()),
+        Err(crate::Error::RecordTooLarge { max: 50, .. })
+    ));
+    // Retention by size and compression, durability by interval: retention deletes
+    // at its next pass, new batches are compressed, the flusher makes them durable.
+    let config = LogConfig {
+        retention_bytes: Some(64 * 1024),
+        compression: crate::config::Compression {
+            codec: crate::config::Codec::Zstd,
+            level: 1,
+        },
+        durability: Durability::Interval(Duration::from_millis(5)),
+        ..small_config()
+    };
+    storage.reconfigure_log(&log, config).unwrap();
+    assert!(log.enforce_retention(i64::MAX).unwrap() > 0);
+    assert!(log.segment_count() < segments);
+    let before = log.size_bytes();
+    let a = log.append(&batch(2_000), ProducerStamp::default()).unwrap();
+    assert!(
+        log.size_bytes() - before < 1_000,
+        "{} bytes",
+        log.size_bytes() - before
+    );
+    let got = log.read(a.base_offset, 50, usize::MAX).unwrap();
+    assert_eq!(got[49].value, batch(2_000)[49].value);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log.durable_offset() < log.end_offset() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flusher never synced"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let bad = LogConfig {
+        segment_bytes: 1,
+        ..small_config()
+    };
+    assert!(storage.reconfigure_log(&log, bad).is_err());
+    assert_eq!(log.config().retention_bytes, Some(64 * 1024), "unchanged");
+}
