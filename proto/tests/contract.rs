@@ -43,6 +43,13 @@ fn descriptor_set_declares_every_broker_rpc_with_its_streaming_shape() {
             false,
         ),
         (
+            "AlterTopic",
+            "AlterTopicRequest",
+            "AlterTopicResponse",
+            false,
+            false,
+        ),
+        (
             "ListTopics",
             "ListTopicsRequest",
             "ListTopicsResponse",
@@ -415,6 +422,11 @@ fn queue_messages_number_their_fields_as_the_queue_issue_gave_them() {
         pairs.iter().map(|(n, i)| (n.to_string(), *i)).collect()
     };
     assert!(fields("Record").contains(&("deliver_at_ms".to_string(), 6)));
+    assert_eq!(
+        fields("AlterTopicRequest"),
+        named(&[("name", 1), ("partitions", 2), ("config", 3), ("reset", 4)])
+    );
+    assert_eq!(fields("AlterTopicResponse"), named(&[("topic", 1)]));
     assert_eq!(
         fields("QueueConfig"),
         named(&[
