@@ -47,6 +47,7 @@ mod delayed;
 mod fanout;
 mod lowload;
 mod nats;
+mod payload;
 mod queue;
 mod redis;
 mod report;
@@ -84,6 +85,14 @@ enum TargetArg {
     Spool,
     Nats,
     Redis,
+}
+
+/// Spool's stored compression of the bench topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Codec {
+    None,
+    Lz4,
+    Zstd,
 }
 
 /// Durability asked of the target: Spool's topic fsync policy; Redis's `appendfsync`
@@ -145,6 +154,13 @@ struct Cli {
     linger_ms: u64,
     #[arg(long, value_enum, default_value = "always")]
     fsync: Fsync,
+    /// What messages hold: one random-letter block (throughput), or distinct JSON events or
+    /// log lines (compression runs).
+    #[arg(long, value_enum, default_value = "letters")]
+    payload: payload::Payload,
+    /// Spool: the topic's stored compression.
+    #[arg(long, value_enum, default_value = "none")]
+    compression: Codec,
     /// Messages to send (produce, e2e) or pre-fill and read (consume).
     #[arg(long, conflicts_with = "duration")]
     count: Option<u64>,
@@ -279,6 +295,7 @@ fn main() -> anyhow::Result<()> {
         count: cli.count.unwrap_or(DEFAULT_COUNT),
         duration,
         rate: cli.rate,
+        payload: cli.payload,
     };
     let summary = runtime.block_on(run(&cli, &workload))?;
     if let Some(path) = &cli.latency_out {
@@ -332,8 +349,10 @@ async fn run(cli: &Cli, w: &Workload) -> anyhow::Result<report::Summary> {
                 }
             };
             let linger = Duration::from_millis(cli.linger_ms);
-            let target =
-                Arc::new(spool::Spool::setup(&endpoint, &run_id, w, linger, cli.fsync).await?);
+            let target = Arc::new(
+                spool::Spool::setup(&endpoint, &run_id, w, linger, (cli.fsync, cli.compression))
+                    .await?,
+            );
             let result = workload::run(Arc::clone(&target), w).await;
             if spoold.is_none()
                 && let Err(e) = target.cleanup().await

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use spool_client::v1::start_position::Kind;
 use spool_client::v1::{
-    AppendRequest, FsyncPolicy, Record, StartPosition, SubscribeRequest, TopicConfig,
+    AppendRequest, Compression, FsyncPolicy, Record, StartPosition, SubscribeRequest, TopicConfig,
 };
 use spool_client::{Client, Producer, ProducerOptions, ProducerRecord};
 
@@ -232,7 +232,7 @@ impl Spool {
         run_id: &str,
         w: &Workload,
         linger: Duration,
-        fsync: Fsync,
+        (fsync, codec): (Fsync, crate::Codec),
     ) -> anyhow::Result<Spool> {
         let client = connect(endpoint).await?;
         let topic = format!("bench-{run_id}");
@@ -247,6 +247,11 @@ impl Spool {
                 w.partitions,
                 TopicConfig {
                     fsync: policy as i32,
+                    compression: match codec {
+                        crate::Codec::None => Compression::None,
+                        crate::Codec::Lz4 => Compression::Lz4,
+                        crate::Codec::Zstd => Compression::Zstd,
+                    } as i32,
                     ..TopicConfig::default()
                 },
             )
@@ -274,6 +279,10 @@ impl Spool {
     /// Deletes the run's topic (matters with `--server`; a bench-started broker goes away).
     pub async fn cleanup(&self) -> anyhow::Result<()> {
         let client = connect(&self.endpoint).await?;
+        let info = client.describe_topic(&self.topic).await?;
+        let stored: u64 = info.partition_info.iter().map(|p| p.size_bytes).sum();
+        // What the topic takes on disk (compression runs compare it with the payload).
+        eprintln!("spool topic {}: {stored} bytes stored", self.topic);
         client.delete_topic(&self.topic).await?;
         Ok(())
     }

@@ -18,6 +18,7 @@ use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 
+use crate::payload::{self, Payload};
 use crate::report::{self, Progress, Summary};
 
 /// Resolves once the values of one [`Sender::send`] are acknowledged.
@@ -77,6 +78,8 @@ pub struct Workload {
     pub duration: Option<Duration>,
     /// Open loop: total messages per second, each latency taken from its intended send time.
     pub rate: Option<f64>,
+    /// What the messages hold.
+    pub payload: Payload,
 }
 
 /// Nanoseconds since the process's first call: the clock e2e payloads carry.
@@ -217,7 +220,7 @@ async fn run_producers<T: Target>(
     for i in 0..w.producers {
         senders.push(target.sender(i).await?);
     }
-    let filler = filler(w.message_size);
+    let pool: Arc<[Bytes]> = payload::pool(w.payload, w.message_size).into();
     let start_ns = now_ns();
     let deadline = w.duration.map(|d| start_ns + d.as_nanos() as u64);
     let mut tasks = Vec::new();
@@ -236,7 +239,7 @@ async fn run_producers<T: Target>(
                 .rate
                 .map(|r| (1e9 * w.producers as f64 / r).max(1.0) as u64),
             stamp,
-            filler: filler.clone(),
+            pool: Arc::clone(&pool),
         };
         tasks.push(tokio::spawn(produce_one(sender, plan, Arc::clone(&acked))));
     }
@@ -265,30 +268,18 @@ struct Plan {
     step_ns: Option<u64>,
     /// Write the intended send time into the first 8 bytes of each value.
     stamp: bool,
-    filler: Bytes,
+    /// Message `i` of this producer is `pool[i % pool.len()]`.
+    pool: Arc<[Bytes]>,
 }
 
-/// A payload that does not compress to nothing.
-fn filler(size: usize) -> Bytes {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b'a' + (x % 26) as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn value(plan: &Plan, at_ns: u64) -> Bytes {
+fn value(plan: &Plan, i: u64, at_ns: u64) -> Bytes {
+    let base = &plan.pool[(i % plan.pool.len() as u64) as usize];
     if !plan.stamp {
-        return plan.filler.clone();
+        return base.clone();
     }
-    let mut b = BytesMut::with_capacity(plan.filler.len());
+    let mut b = BytesMut::with_capacity(base.len());
     b.put_u64_le(at_ns);
-    b.extend_from_slice(&plan.filler[8..]);
+    b.extend_from_slice(&base[8..]);
     b.freeze()
 }
 
@@ -330,7 +321,7 @@ async fn produce_one<S: Sender>(
                 }
             };
             let values = (0..times.n)
-                .map(|i| value(&plan, times.first + i * times.step_ns))
+                .map(|i| value(&plan, sent + i, times.first + i * times.step_ns))
                 .collect();
             let partition = ((plan.producer as u64 + batch_no) % u64::from(plan.partitions)) as u32;
             let ack = sender.send(partition, values).await?;

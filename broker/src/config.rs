@@ -114,7 +114,7 @@ pub struct BrokerConfig {
     pub max_in_flight_appends: usize,
     /// Closed segment files mapped at once.
     pub max_mapped_files: usize,
-    /// Bytes of inflated compressed chunks all reads hold at once (each chunk about 1 MiB
+    /// Bytes of inflated compressed chunks all reads hold at once (each chunk about 128 KiB
     /// at most); a read past it returns fewer records or `RESOURCE_EXHAUSTED`.
     pub decompress_budget_bytes: u64,
     pub topic_defaults: TopicDefaults,
@@ -202,7 +202,7 @@ impl BrokerConfig {
             .map_err(|e| format!("topic_defaults: {e}"))?;
         if self.decompress_budget_bytes < 2 * 1024 * 1024 {
             return Err(
-                "decompress_budget_bytes must be at least 2 MiB (a read inflates chunks of up to 1 MiB)".into(),
+                "decompress_budget_bytes must be at least 2 MiB (a read inflates chunks of about 128 KiB, a single large record's up to its size)".into(),
             );
         }
         if d.segment_bytes < MIN_SEGMENT_BYTES {

@@ -38,7 +38,7 @@ impl Batch {
     /// fields are checked when it is read itself.
     ///
     /// A compressed batch inflates only the chunks holding the records returned (each at
-    /// most about 1 MiB), each taken from `budget` for as long as any returned record
+    /// most about 128 KiB), each taken from `budget` for as long as any returned record
     /// lives; [`BatchError::OverBudget`] if the budget cannot hold the first chunk needed.
     /// Once some records are decoded, a chunk the budget cannot hold ends the read early.
     pub fn records_from(
