@@ -3,7 +3,8 @@
 
 Checks that the spool.v1 API works from a second language: topics, appends with
 partition keys and headers, reads, Subscribe (read N records, then cancel), commits
-and offsets, error codes, idempotent retries, and a restart that keeps it all. It
+and offsets, error codes, idempotent retries, compressed topics, AlterTopic, and a
+restart that keeps it all. It
 also checks the documented partitioning hash (FNV-1a 64) computed here in Python
 against the partition the broker picks.
 
@@ -316,6 +317,36 @@ def test_compressed_topics_read_back_as_appended(b):
 
 
 TESTS.append(test_compressed_topics_read_back_as_appended)
+
+
+def test_alter_topic_adds_partitions_and_changes_settings(b):
+    create_topic(b.stub, "grow", 2, fsync=pb.FSYNC_POLICY_NEVER, retention_ms=60_000)
+    t = b.stub.AlterTopic(
+        pb.AlterTopicRequest(name="grow", partitions=4,
+                             config=pb.TopicConfig(compression=pb.COMPRESSION_ZSTD),
+                             reset=["retention_ms"]),
+        timeout=PATIENCE_S,
+    ).topic
+    assert t.partitions == 4 and len(t.partition_info) == 4
+    assert t.config.compression == pb.COMPRESSION_ZSTD
+    assert t.config.retention_ms == 0, "reset to the broker default (unlimited)"
+    r = b.stub.Append(pb.AppendRequest(topic="grow", partition=3, records=[pb.Record(value=b"new")]),
+                      timeout=PATIENCE_S)
+    assert (r.partition, r.base_offset) == (3, 0)
+    e = expect_code(grpc.StatusCode.INVALID_ARGUMENT, b.stub.AlterTopic,
+                    pb.AlterTopicRequest(name="grow", partitions=3))
+    assert "partitions can only be added" in e.details(), e.details()
+    e = expect_code(grpc.StatusCode.INVALID_ARGUMENT, b.stub.AlterTopic,
+                    pb.AlterTopicRequest(name="grow", reset=["retention"]))
+    assert "not a TopicConfig field" in e.details(), e.details()
+    b.restart()
+    d = b.stub.DescribeTopic(pb.DescribeTopicRequest(name="grow"), timeout=PATIENCE_S).topic
+    assert d.partitions == 4 and d.config.compression == pb.COMPRESSION_ZSTD
+    got = b.stub.Read(pb.ReadRequest(topic="grow", partition=3, offset=0), timeout=PATIENCE_S)
+    assert [x.value for x in got.records] == [b"new"]
+
+
+TESTS.append(test_alter_topic_adds_partitions_and_changes_settings)
 
 
 def main():
