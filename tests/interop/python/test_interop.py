@@ -4,9 +4,8 @@
 Checks that the spool.v1 API works from a second language: topics, appends with
 partition keys and headers, reads, Subscribe (read N records, then cancel), commits
 and offsets, error codes, idempotent retries, compressed topics, AlterTopic, and a
-restart that keeps it all. It
-also checks the documented partitioning hash (FNV-1a 64) computed here in Python
-against the partition the broker picks.
+restart that keeps it all. It also checks the documented partitioning hash (FNV-1a 64)
+computed here in Python against the partition the broker picks.
 
 Plain Python with asserts: `python test_interop.py` exits 0 when every test passes.
 Environment: SPOOL_BIN, the spoold binary (default target/debug/spoold, relative to
