@@ -107,6 +107,8 @@ fn a_batch_of_a_newer_format_is_refused_not_cut() {
     let last = *starts.last().unwrap();
     let end = last + batch::decode_header(&data[last..]).unwrap().total_len;
     data[last + 16] = COMPRESSED_VERSION + 1;
+    // A newer build's batch differs inside the CRC too (attributes it alone knows).
+    data[last + 22] = 0x80;
     let crc = crc32fast::hash(&data[last + CRC_START..end]);
     data[last + 17..last + 21].copy_from_slice(&crc.to_le_bytes());
     fs::write(&file, &data).unwrap();

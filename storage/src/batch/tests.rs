@@ -343,7 +343,12 @@ fn a_crc_valid_batch_of_a_later_version_is_told_apart_from_damage() {
         9,
     );
     assert_eq!(future_version(&buf), None);
+    // A known batch whose (uncovered) version byte flipped is damage, not newer data.
+    buf[16] = 2 ^ 0x80;
+    assert_eq!(future_version(&buf), None);
+    // A newer build's batch differs inside the CRC too (here: attributes it alone knows).
     buf[16] = 9;
+    buf[21] = 0x40;
     reseal(&mut buf);
     assert_eq!(future_version(&buf), Some(9));
     assert_eq!(check(&buf), Err(BatchError::BadVersion(9)));
