@@ -78,11 +78,16 @@ impl Codec {
 pub fn codec_of(name: &str, level: i32) -> std::result::Result<Codec, String> {
     let codec = Codec::parse(name)
         .ok_or_else(|| format!("compression must be none, lz4 or zstd, not {name:?}"))?;
+    check_level(codec, level)?;
+    Ok(codec)
+}
+
+/// Checks that `codec` has `level` (storage's rule, its message).
+fn check_level(codec: Codec, level: i32) -> std::result::Result<(), String> {
     spool_storage::config::check_compression(codec.storage(level)).map_err(|e| match e {
         spool_storage::Error::InvalidConfig(m) => m,
         e => e.to_string(),
-    })?;
-    Ok(codec)
+    })
 }
 
 fn is_zero(v: &i32) -> bool {
@@ -219,22 +224,47 @@ fn compression_for(config: &BrokerConfig, req: &v1::TopicConfig) -> Result<(Code
             )));
         }
     };
-    let name = format!("{codec:?}").to_lowercase();
-    codec_of(&name, level).map_err(|e| Error::invalid(format!("config.{e}")))?;
+    check_level(codec, level).map_err(|e| Error::invalid(format!("config.{e}")))?;
     Ok((codec, level))
 }
 
-/// The `TopicConfig` fields `AlterTopicRequest.reset` may name, by their proto names.
-pub const FIELDS: [&str; 9] = [
-    "retention_bytes",
-    "retention_ms",
-    "segment_bytes",
-    "fsync",
-    "fsync_interval_ms",
-    "max_record_bytes",
-    "producer_id_expiration_ms",
-    "compression",
-    "compression_level",
+/// A `TopicConfig` field as `AlterTopic` sees it: its proto name, whether a request sets
+/// it (non-zero), and how a kept value is copied from the current settings.
+struct Field {
+    name: &'static str,
+    set: fn(&v1::TopicConfig) -> bool,
+    keep: fn(&mut TopicSettings, &TopicSettings),
+    /// A field whose change (set or reset) changes this one too.
+    follows: Option<&'static str>,
+}
+
+/// A field set when non-zero, kept by copying it.
+macro_rules! field {
+    ($name:ident) => {
+        Field {
+            name: stringify!($name),
+            set: |r| r.$name != 0,
+            keep: |o, c| o.$name = c.$name,
+            follows: None,
+        }
+    };
+}
+
+/// The `TopicConfig` fields `AlterTopicRequest.reset` may name.
+const FIELDS: [Field; 9] = [
+    field!(retention_bytes),
+    field!(retention_ms),
+    field!(segment_bytes),
+    field!(fsync),
+    field!(fsync_interval_ms),
+    field!(max_record_bytes),
+    field!(producer_id_expiration_ms),
+    field!(compression),
+    Field {
+        // A new (or reset) codec without a level takes that codec's default.
+        follows: Some("compression"),
+        ..field!(compression_level)
+    },
 ];
 
 /// `current` altered by `req` (a field at 0 / unspecified keeps its value) and `reset`
@@ -247,71 +277,82 @@ pub fn alter(
     reset: &[String],
 ) -> Result<TopicSettings> {
     for name in reset {
-        if !FIELDS.contains(&name.as_str()) {
+        let Some(f) = FIELDS.iter().find(|f| f.name == name) else {
+            let names: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
             return Err(Error::invalid(format!(
                 "reset names {name:?}, which is not a TopicConfig field; use one of {}",
-                FIELDS.join(", ")
+                names.join(", ")
+            )));
+        };
+        if (f.set)(req) {
+            return Err(Error::invalid(format!(
+                "config.{name} is both set and reset: do one"
             )));
         }
     }
-    let set = |name: &str| -> bool {
-        match name {
-            "retention_bytes" => req.retention_bytes != 0,
-            "retention_ms" => req.retention_ms != 0,
-            "segment_bytes" => req.segment_bytes != 0,
-            "fsync" => req.fsync != 0,
-            "fsync_interval_ms" => req.fsync_interval_ms != 0,
-            "max_record_bytes" => req.max_record_bytes != 0,
-            "producer_id_expiration_ms" => req.producer_id_expiration_ms != 0,
-            "compression" => req.compression != 0,
-            _ => req.compression_level != 0,
-        }
-    };
-    if let Some(both) = reset.iter().find(|n| set(n)) {
-        return Err(Error::invalid(format!(
-            "config.{both} is both set and reset: do one"
-        )));
-    }
-    // The asked-for values and the defaults, resolved (and checked) as creation would;
-    // a level without a codec is checked against the topic's codec.
-    let mut asked = *req;
     let resetting = |name: &str| reset.iter().any(|n| n == name);
+    // The asked-for values and the defaults, resolved (and checked) as creation would;
+    // a level alone is checked against the topic's codec.
+    let mut asked = *req;
     if req.compression == 0 && req.compression_level != 0 && !resetting("compression") {
         asked.compression = current.compression.to_proto() as i32;
     }
-    let resolved = resolve(config, &asked)?;
-    let keep = |name: &str| !set(name) && !resetting(name);
-    let mut out = resolved.clone();
-    if keep("retention_bytes") {
-        out.retention_bytes = current.retention_bytes;
+    let mut out = resolve(config, &asked)?;
+    let changed = |f: &Field| (f.set)(req) || resetting(f.name);
+    for f in &FIELDS {
+        let mut follows = FIELDS.iter().filter(|o| Some(o.name) == f.follows);
+        if !changed(f) && !follows.any(changed) {
+            (f.keep)(&mut out, current);
+        }
     }
-    if keep("retention_ms") {
-        out.retention_ms = current.retention_ms;
-    }
-    if keep("segment_bytes") {
-        out.segment_bytes = current.segment_bytes;
-    }
-    if keep("fsync") {
-        out.fsync = current.fsync;
-    }
-    if keep("fsync_interval_ms") {
-        out.fsync_interval_ms = current.fsync_interval_ms;
-    }
-    if keep("max_record_bytes") {
-        out.max_record_bytes = current.max_record_bytes;
-    }
-    if keep("producer_id_expiration_ms") {
-        out.producer_id_expiration_ms = current.producer_id_expiration_ms;
-    }
-    // A new codec without a level takes the codec's default level (0); a level alone
-    // keeps the codec.
-    if keep("compression") && keep("compression_level") {
-        out.compression = current.compression;
-        out.compression_level = current.compression_level;
-    } else if keep("compression") {
-        out.compression = current.compression;
-    }
-    let name = format!("{:?}", out.compression).to_lowercase();
-    codec_of(&name, out.compression_level).map_err(|e| Error::invalid(format!("config.{e}")))?;
+    check_level(out.compression, out.compression_level)
+        .map_err(|e| Error::invalid(format!("config.{e}")))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zstd9() -> (BrokerConfig, TopicSettings) {
+        let config = BrokerConfig::default();
+        let req = v1::TopicConfig {
+            compression: v1::Compression::Zstd as i32,
+            compression_level: 9,
+            ..Default::default()
+        };
+        let current = resolve(&config, &req).unwrap();
+        (config, current)
+    }
+
+    #[test]
+    fn resetting_the_codec_resets_its_level() {
+        let (config, current) = zstd9();
+        let out = alter(
+            &config,
+            &current,
+            &v1::TopicConfig::default(),
+            &["compression".into()],
+        );
+        let out = out.unwrap();
+        assert_eq!((out.compression, out.compression_level), (Codec::None, 0));
+    }
+
+    #[test]
+    fn a_new_codec_takes_its_default_level_and_a_level_alone_keeps_the_codec() {
+        let (config, current) = zstd9();
+        let lz4 = v1::TopicConfig {
+            compression: v1::Compression::Lz4 as i32,
+            ..Default::default()
+        };
+        let out = alter(&config, &current, &lz4, &[]).unwrap();
+        assert_eq!((out.compression, out.compression_level), (Codec::Lz4, 0));
+        let level = v1::TopicConfig {
+            compression_level: -3,
+            ..Default::default()
+        };
+        let out = alter(&config, &current, &level, &[]).unwrap();
+        assert_eq!((out.compression, out.compression_level), (Codec::Zstd, -3));
+        assert_eq!(out.retention_ms, current.retention_ms);
+    }
 }

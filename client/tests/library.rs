@@ -519,3 +519,46 @@ async fn a_producer_takes_up_partitions_added_to_its_topic() {
         spool_proto::partitioning::partition_for_key(b"order-42", 4)
     );
 }
+
+/// Without a record naming a new partition, the periodic metadata refresh takes up the
+/// partitions AlterTopic added, so keys hash over them.
+#[tokio::test]
+async fn a_producer_learns_added_partitions_by_its_periodic_refresh() {
+    let broker = TempBroker::start().await;
+    let client = connect(&broker.endpoint()).await;
+    client
+        .create_topic("refreshed", 1, TopicConfig::default())
+        .await
+        .expect("creating the topic");
+    let options = ProducerOptions {
+        metadata_refresh: Duration::from_millis(50),
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::new(&client, "refreshed", options)
+        .await
+        .expect("starting the producer");
+    assert_eq!(producer.partitions(), 1);
+    client
+        .alter_topic("refreshed", 3, TopicConfig::default(), Vec::new())
+        .await
+        .expect("altering the topic");
+    // Well inside the 30 s default: the option is what makes it this quick.
+    within(
+        Duration::from_secs(10),
+        "the producer learning 3 partitions",
+        async {
+            while producer.partitions() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+    let d = producer
+        .send(ProducerRecord::new("keyed").key("user-7"))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.partition,
+        spool_proto::partitioning::partition_for_key(b"user-7", 3)
+    );
+}

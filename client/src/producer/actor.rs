@@ -91,7 +91,7 @@ impl Actor {
             topic,
             partitions,
             known_partitions,
-            refresh_at: Instant::now() + super::METADATA_REFRESH,
+            refresh_at: Instant::now() + options.metadata_refresh,
             producer_id: if options.idempotent {
                 new_producer_id()
             } else {
@@ -202,7 +202,7 @@ impl Actor {
     /// Asks the broker for the topic's partition count (AlterTopic may have added some,
     /// which keys now hash over); a failure waits for the next refresh.
     async fn refresh_partitions(&mut self) {
-        self.refresh_at = Instant::now() + super::METADATA_REFRESH;
+        self.refresh_at = Instant::now() + self.options.metadata_refresh;
         if let Ok(info) = self.client.describe_topic(&self.topic).await {
             self.grow(info.partitions);
         }

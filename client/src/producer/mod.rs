@@ -105,6 +105,10 @@ pub struct ProducerOptions {
     pub idempotent: bool,
     /// How long records wait for an unreachable broker before they fail.
     pub delivery_timeout: Duration,
+    /// How often the producer asks the broker for its topic's partition count, so keys
+    /// hash over partitions AlterTopic added (a record naming a new partition asks at
+    /// once). Default [`METADATA_REFRESH`].
+    pub metadata_refresh: Duration,
 }
 
 impl Default for ProducerOptions {
@@ -117,15 +121,15 @@ impl Default for ProducerOptions {
             buffer_records: 100_000,
             idempotent: true,
             delivery_timeout: Duration::from_secs(120),
+            metadata_refresh: METADATA_REFRESH,
         }
     }
 }
 
-/// What callers hand the producer's task.
-/// How often a producer asks the broker for its topic's partition count, so keys hash
-/// over partitions AlterTopic added (records naming a new partition ask at once).
+/// The default [`ProducerOptions::metadata_refresh`].
 pub const METADATA_REFRESH: Duration = Duration::from_secs(30);
 
+/// What callers hand the producer's task.
 enum Cmd {
     Send(ProducerRecord, oneshot::Sender<Result<Delivery>>),
     /// Records `first..first + records.len()` of one [`Producer::enqueue_batch`] call.
@@ -171,7 +175,7 @@ pub struct Producer {
     capacity: usize,
     task: tokio::task::JoinHandle<()>,
     /// The partition count as last learnt (the task refreshes it too, see
-    /// [`METADATA_REFRESH`]).
+    /// [`ProducerOptions::metadata_refresh`]).
     partitions: Arc<std::sync::atomic::AtomicU32>,
     /// The client and topic, to ask for the partition count (boxed: the handle stays small).
     topic: Arc<(Client, String)>,
@@ -213,7 +217,7 @@ impl Producer {
     }
 
     /// The topic's partition count, as last learnt: at the start, every
-    /// [`METADATA_REFRESH`], and whenever a record names a partition past it.
+    /// [`ProducerOptions::metadata_refresh`], and whenever a record names a partition past it.
     pub fn partitions(&self) -> u32 {
         self.partitions.load(std::sync::atomic::Ordering::Acquire)
     }

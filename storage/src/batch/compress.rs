@@ -1,7 +1,7 @@
 //! Compressed batches (format version 3): the records of a batch encoded as in version 2,
 //! cut into chunks of about [`CHUNK_TARGET`] bytes (128 KiB: a streamed read of 256 KiB
-//! inflates at most about 1.5 times what it returns, and chunks stay big enough to
-//! compress well) at record boundaries, each compressed on
+//! inflates at worst about twice what it returns, about 1.5 times on average, and chunks
+//! stay big enough to compress well) at record boundaries, each compressed on
 //! its own, so reading one record inflates one chunk, not the batch.
 //!
 //! ```text
@@ -188,8 +188,8 @@ pub fn encode(
         match compress_records(out, raw, c) {
             Some(uncompressed_len) => seal(out, raw, plain, c.codec, uncompressed_len),
             None => {
-                out.clear();
-                out.extend_from_slice(raw);
+                // The plain encoding is the batch; the scratch buffer takes `out`'s.
+                std::mem::swap(out, raw);
                 plain
             }
         }

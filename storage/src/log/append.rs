@@ -164,9 +164,10 @@ impl Log {
         buf: &[u8],
         h: &batch::BatchHeader,
     ) -> Result<()> {
+        let config = self.config();
         let len = buf.len() as u64;
         let rel_fits = u32::try_from(h.next_offset() - w.segment.base).is_ok();
-        if w.pos > 0 && (w.pos + len > self.config().segment_bytes || !rel_fits) {
+        if w.pos > 0 && (w.pos + len > config.segment_bytes || !rel_fits) {
             self.roll(w)?;
         }
         self.reserve(w, w.pos + len)?;
@@ -179,7 +180,7 @@ impl Log {
         let (offset_entry, time_entry) = w.index.observe(pos, (h.base_offset - seg.base) as u32, h);
         seg.publish(w.pos, h.next_offset(), h);
         seg.push_index(offset_entry, time_entry);
-        if w.pos - w.index_persisted_pos >= self.config().index_persist_bytes {
+        if w.pos - w.index_persisted_pos >= config.index_persist_bytes {
             self.persist_index(w);
         }
         self.end.store(h.next_offset(), Ordering::Release);
@@ -251,9 +252,10 @@ impl Log {
         // to `preallocate_bytes`: space reserved ahead stays below what the partition has
         // already written (plus the first step), so an idle partition costs kilobytes while
         // a busy one soon reserves in full steps.
-        let ahead = w.reserve_step.min(self.config().preallocate_bytes);
+        let config = self.config();
+        let ahead = w.reserve_step.min(config.preallocate_bytes);
         w.reserve_step = ahead.saturating_mul(2);
-        let step = (w.reserved + ahead).min(self.config().segment_bytes);
+        let step = (w.reserved + ahead).min(config.segment_bytes);
         let target = need.max(step);
         faults::check(faults::Op::Allocate, &w.segment.log_path)
             .and_then(|()| {
