@@ -45,6 +45,13 @@ pub struct TopicDefaults {
     pub compression: String,
     /// The codec's level; 0 = its default.
     pub compression_level: i32,
+    /// `delete`, `compact` or `compact_delete`.
+    pub cleanup_policy: String,
+    /// How long compaction keeps a tombstone, in milliseconds.
+    pub delete_retention_ms: u64,
+    /// The active segment is closed once its first batch is this old, in milliseconds;
+    /// 0 = only by size.
+    pub segment_ms: u64,
 }
 
 impl Default for TopicDefaults {
@@ -58,6 +65,9 @@ impl Default for TopicDefaults {
             max_record_bytes: 1024 * 1024,
             compression: "none".into(),
             compression_level: 0,
+            cleanup_policy: "delete".into(),
+            delete_retention_ms: 24 * 60 * 60 * 1000,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -200,6 +210,12 @@ impl BrokerConfig {
         }
         crate::settings::codec_of(&d.compression, d.compression_level)
             .map_err(|e| format!("topic_defaults: {e}"))?;
+        if crate::settings::Cleanup::parse(&d.cleanup_policy).is_none() {
+            return Err(format!(
+                "topic_defaults.cleanup_policy must be delete, compact or compact_delete, not {:?}",
+                d.cleanup_policy
+            ));
+        }
         if self.decompress_budget_bytes < 2 * 1024 * 1024 {
             return Err(
                 "decompress_budget_bytes must be at least 2 MiB (a read inflates chunks of about 128 KiB, a single large record's up to its size)".into(),

@@ -130,6 +130,30 @@ impl Topic {
         };
         self.partition(index)
     }
+
+    /// The partition of a compacted topic's append that names none: the one its records'
+    /// keys hash to, so a key lives in one partition (records without a key go
+    /// round-robin). Keys hashing to different partitions are `INVALID_ARGUMENT`.
+    pub fn partition_by_record_keys(
+        &self,
+        records: &[spool_proto::v1::Record],
+    ) -> Result<&Partition> {
+        let n = self.partitions.len() as u32;
+        let mut chosen: Option<u32> = None;
+        for r in records.iter().filter(|r| !r.key.is_empty()) {
+            let p = spool_proto::partitioning::partition_for_key(&r.key, n);
+            match chosen {
+                Some(c) if c != p => {
+                    return Err(Error::invalid(format!(
+                        "topic {:?} is compacted and this append names no partition, so each record goes to the partition its key hashes to, but its keys hash to partitions {c} and {p}: send them in separate appends or set partition_key",
+                        self.name
+                    )));
+                }
+                _ => chosen = Some(p),
+            }
+        }
+        self.choose_partition(chosen, &[])
+    }
 }
 
 /// All topics of the broker.
@@ -338,6 +362,11 @@ impl Registry {
                 self.config.max_partitions
             )));
         }
+        if want > have && settings.cleanup_policy.compacts() {
+            return Err(Error::invalid(format!(
+                "topic {name:?} is compacted: its keys hash over {have} partitions, and adding partitions would leave a key's older values in another partition than its new ones; create a new topic instead"
+            )));
+        }
         let log_config = settings.log_config(&self.config);
         log_config.validate()?;
         let mut parts = old.partitions.clone();
@@ -412,7 +441,7 @@ fn open_topics(
             partitions.push(Partition::new(p, log));
         }
         let mut settings = meta.config;
-        settings.producer_id_expiration_ms = Some(settings.producer_expiration_ms(config));
+        settings.fill_defaults(config);
         topics.push(Topic {
             name: meta.name,
             settings,

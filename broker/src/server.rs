@@ -333,6 +333,9 @@ async fn retention_loop(inner: Arc<Inner>) {
             let now = crate::now_ms();
             for topic in inner.registry.list() {
                 for p in &topic.partitions {
+                    if let Err(e) = p.log.roll_if_aged(now) {
+                        tracing::error!(topic = %topic.name, partition = p.index, error = %e, "closing an aged segment failed");
+                    }
                     if let Err(e) = p.log.enforce_retention(now) {
                         tracing::error!(topic = %topic.name, partition = p.index, error = %e, "retention failed");
                     }

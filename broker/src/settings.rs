@@ -74,6 +74,49 @@ impl Codec {
     }
 }
 
+/// What a topic removes: whole old segments (delete), superseded records (compact), or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cleanup {
+    #[default]
+    Delete,
+    Compact,
+    CompactDelete,
+}
+
+impl Cleanup {
+    pub fn parse(s: &str) -> Option<Cleanup> {
+        match s {
+            "delete" => Some(Cleanup::Delete),
+            "compact" => Some(Cleanup::Compact),
+            "compact_delete" | "compact,delete" => Some(Cleanup::CompactDelete),
+            _ => None,
+        }
+    }
+
+    pub fn is_delete(&self) -> bool {
+        *self == Cleanup::Delete
+    }
+
+    /// Compaction runs on the topic.
+    pub fn compacts(self) -> bool {
+        self != Cleanup::Delete
+    }
+
+    /// Retention removes whole old segments.
+    pub fn deletes(self) -> bool {
+        self != Cleanup::Compact
+    }
+
+    pub fn to_proto(self) -> v1::CleanupPolicy {
+        match self {
+            Cleanup::Delete => v1::CleanupPolicy::Delete,
+            Cleanup::Compact => v1::CleanupPolicy::Compact,
+            Cleanup::CompactDelete => v1::CleanupPolicy::CompactDelete,
+        }
+    }
+}
+
 /// The codec named `name` (`none`, `lz4`, `zstd`) checked with `level`.
 pub fn codec_of(name: &str, level: i32) -> std::result::Result<Codec, String> {
     let codec = Codec::parse(name)
@@ -116,6 +159,16 @@ pub struct TopicSettings {
     pub compression: Codec,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compression_level: i32,
+    /// Absent (delete) in older topics and when delete.
+    #[serde(default, skip_serializing_if = "Cleanup::is_delete")]
+    pub cleanup_policy: Cleanup,
+    /// How long compaction keeps a tombstone; absent in older topics (the broker's
+    /// default applies, filled in when the topic is opened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_retention_ms: Option<u64>,
+    /// The active segment's longest life; absent in older topics as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_ms: Option<u64>,
 }
 
 impl TopicSettings {
@@ -125,9 +178,19 @@ impl TopicSettings {
             .unwrap_or(config.producer_id_expiration_ms)
     }
 
+    /// Fills the fields older topics lack with the broker's defaults in force.
+    pub fn fill_defaults(&mut self, config: &BrokerConfig) {
+        let d = &config.topic_defaults;
+        self.producer_id_expiration_ms = Some(self.producer_expiration_ms(config));
+        self.delete_retention_ms
+            .get_or_insert(d.delete_retention_ms);
+        self.segment_ms.get_or_insert(d.segment_ms);
+    }
+
     pub fn log_config(&self, config: &BrokerConfig) -> LogConfig {
         let max_request_bytes = config.max_request_bytes;
         let expiration = self.producer_expiration_ms(config);
+        let segment_ms = self.segment_ms.unwrap_or(config.topic_defaults.segment_ms);
         LogConfig {
             segment_bytes: self.segment_bytes,
             durability: match self.fsync {
@@ -137,8 +200,12 @@ impl TopicSettings {
                 }
                 Fsync::Never => Durability::Never,
             },
-            retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
-            retention: (self.retention_ms > 0).then(|| Duration::from_millis(self.retention_ms)),
+            // A compact-only topic removes superseded records, never whole segments.
+            retention_bytes: (self.cleanup_policy.deletes() && self.retention_bytes > 0)
+                .then_some(self.retention_bytes),
+            retention: (self.cleanup_policy.deletes() && self.retention_ms > 0)
+                .then(|| Duration::from_millis(self.retention_ms)),
+            segment_age: (segment_ms > 0).then(|| Duration::from_millis(segment_ms)),
             // The broker checks payload sizes itself with a clear message; the log's limits
             // are backstops that allow for the record framing.
             max_record_bytes: u64::from(self.max_record_bytes) + 1024,
@@ -182,6 +249,18 @@ pub fn resolve(config: &BrokerConfig, req: &spool_proto::v1::TopicConfig) -> Res
         )));
     }
     let (compression, compression_level) = compression_for(config, req)?;
+    let cleanup_policy = match v1::CleanupPolicy::try_from(req.cleanup_policy) {
+        Ok(v1::CleanupPolicy::Unspecified) => Cleanup::parse(&d.cleanup_policy).unwrap_or_default(),
+        Ok(v1::CleanupPolicy::Delete) => Cleanup::Delete,
+        Ok(v1::CleanupPolicy::Compact) => Cleanup::Compact,
+        Ok(v1::CleanupPolicy::CompactDelete) => Cleanup::CompactDelete,
+        Err(_) => {
+            return Err(Error::invalid(format!(
+                "config.cleanup_policy {} is not a CleanupPolicy value",
+                req.cleanup_policy
+            )));
+        }
+    };
     let segment_bytes = or(req.segment_bytes, d.segment_bytes)
         .clamp(spool_storage::config::MIN_SEGMENT_BYTES, 1 << 30);
     Ok(TopicSettings {
@@ -197,6 +276,9 @@ pub fn resolve(config: &BrokerConfig, req: &spool_proto::v1::TopicConfig) -> Res
         )),
         compression,
         compression_level,
+        cleanup_policy,
+        delete_retention_ms: Some(or(req.delete_retention_ms, d.delete_retention_ms)),
+        segment_ms: Some(or(req.segment_ms, d.segment_ms)),
     })
 }
 
@@ -251,7 +333,7 @@ macro_rules! field {
 }
 
 /// The `TopicConfig` fields `AlterTopicRequest.reset` may name.
-const FIELDS: [Field; 9] = [
+const FIELDS: [Field; 12] = [
     field!(retention_bytes),
     field!(retention_ms),
     field!(segment_bytes),
@@ -260,6 +342,9 @@ const FIELDS: [Field; 9] = [
     field!(max_record_bytes),
     field!(producer_id_expiration_ms),
     field!(compression),
+    field!(cleanup_policy),
+    field!(delete_retention_ms),
+    field!(segment_ms),
     Field {
         // A new (or reset) codec without a level takes that codec's default.
         follows: Some("compression"),

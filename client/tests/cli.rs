@@ -127,6 +127,8 @@ async fn topic_create_list_describe_delete() {
             "-3",
             "--reset",
             "max_record_bytes",
+            "--segment-ms",
+            "60000",
         ],
     )
     .await
@@ -137,13 +139,29 @@ async fn topic_create_list_describe_delete() {
             .contains("altered topic orders: 5 partitions")
     );
     let d = spool(&e, &["topic", "describe", "orders"]).await.ok();
-    for want in ["zstd (level -3)", "1.0 MiB", "3600000 (1h)"] {
+    for want in [
+        "zstd (level -3)",
+        "1.0 MiB",
+        "3600000 (1h)",
+        "60000 (1m)",
+        "cleanup-policy",
+    ] {
         assert!(
             d.stdout.contains(want),
             "{want:?} missing from\n{}",
             d.stdout
         );
     }
+    let compact = [
+        "topic",
+        "alter",
+        "orders",
+        "--cleanup-policy",
+        "compact-delete",
+    ];
+    spool(&e, &compact).await.ok();
+    let d = spool(&e, &["topic", "describe", "orders"]).await.ok();
+    assert!(d.stdout.contains("compact,delete"), "{}", d.stdout);
     let fewer = spool(&e, &["topic", "alter", "orders", "--partitions", "2"]).await;
     assert_eq!(fewer.code, 1);
     assert!(

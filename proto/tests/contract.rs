@@ -195,6 +195,15 @@ fn descriptor_set_keeps_enum_value_names() {
         ]
     );
     assert_eq!(
+        values("CleanupPolicy"),
+        [
+            "CLEANUP_POLICY_UNSPECIFIED",
+            "CLEANUP_POLICY_DELETE",
+            "CLEANUP_POLICY_COMPACT",
+            "CLEANUP_POLICY_COMPACT_DELETE"
+        ]
+    );
+    assert_eq!(
         values("Durability"),
         [
             "DURABILITY_UNSPECIFIED",
@@ -235,6 +244,9 @@ fn generated_types_have_the_contract_field_names() {
         producer_id_expiration_ms: 0,
         compression: v1::Compression::Zstd.into(),
         compression_level: -3,
+        cleanup_policy: v1::CleanupPolicy::CompactDelete.into(),
+        delete_retention_ms: 0,
+        segment_ms: 0,
     };
     let _ = v1::CreateTopicRequest {
         name: "t".into(),

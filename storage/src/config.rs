@@ -57,6 +57,9 @@ pub struct LogConfig {
     pub max_producers: usize,
     /// How appended batches are compressed on disk (reads inflate them).
     pub compression: Compression,
+    /// The active segment is closed once its first batch was appended this long ago (by
+    /// the append clock), on the next append or [`crate::Log::roll_if_aged`].
+    pub segment_age: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -74,6 +77,7 @@ impl Default for LogConfig {
             producer_expiration: Some(DEFAULT_PRODUCER_EXPIRATION),
             max_producers: 10_000,
             compression: Compression::default(),
+            segment_age: None,
         }
     }
 }

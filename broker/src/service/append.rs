@@ -54,7 +54,14 @@ async fn write(inner: &Arc<Inner>, who: &Principal, req: AppendRequest) -> Resul
         .auth
         .check(who, Operation::Append, Resource::Topic(&req.topic))?;
     let topic = inner.registry.get(&req.topic)?;
-    let partition = topic.choose_partition(req.partition, &req.partition_key)?;
+    let partition = if req.partition.is_none()
+        && req.partition_key.is_empty()
+        && topic.settings.cleanup_policy.compacts()
+    {
+        topic.partition_by_record_keys(&req.records)?
+    } else {
+        topic.choose_partition(req.partition, &req.partition_key)?
+    };
     let (records, bytes) = convert::to_storage(
         req.records,
         topic.settings.max_record_bytes,

@@ -125,6 +125,9 @@ pub fn topic_info(t: &Topic) -> v1::TopicInfo {
             producer_id_expiration_ms: s.producer_id_expiration_ms.unwrap_or_default(),
             compression: s.compression.to_proto() as i32,
             compression_level: s.compression_level,
+            cleanup_policy: s.cleanup_policy.to_proto() as i32,
+            delete_retention_ms: s.delete_retention_ms.unwrap_or_default(),
+            segment_ms: s.segment_ms.unwrap_or_default(),
         }),
         partition_info: t
             .partitions

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use spool_client::Message;
-use spool_client::v1::{Compression, FsyncPolicy};
+use spool_client::v1::{CleanupPolicy, Compression, FsyncPolicy};
 
 /// A table of plain columns aligned with spaces, a header row in capitals first.
 /// Numeric-looking columns are right-aligned so digits line up.
@@ -95,6 +95,17 @@ pub fn fsync(policy: i32, interval_ms: u64) -> String {
         Ok(FsyncPolicy::Interval) => format!("interval ({interval_ms} ms)"),
         Ok(FsyncPolicy::Never) => "never".into(),
         Ok(FsyncPolicy::Unspecified) => "broker default".into(),
+        Err(_) => format!("unknown ({policy})"),
+    }
+}
+
+/// A topic's cleanup policy.
+pub fn cleanup(policy: i32) -> String {
+    match CleanupPolicy::try_from(policy) {
+        Ok(CleanupPolicy::Delete) => "delete".into(),
+        Ok(CleanupPolicy::Compact) => "compact".into(),
+        Ok(CleanupPolicy::CompactDelete) => "compact,delete".into(),
+        Ok(CleanupPolicy::Unspecified) => "broker default".into(),
         Err(_) => format!("unknown ({policy})"),
     }
 }

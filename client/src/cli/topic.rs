@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use spool_client::Client;
-use spool_client::v1::{Compression, FsyncPolicy, TopicConfig, TopicInfo};
+use spool_client::v1::{CleanupPolicy, Compression, FsyncPolicy, TopicConfig, TopicInfo};
 
 use super::output::{self, Table};
 
@@ -24,7 +24,7 @@ Examples:
 
 --reset takes TopicConfig field names (retention_bytes, retention_ms, segment_bytes,
 fsync, fsync_interval_ms, max_record_bytes, producer_id_expiration_ms, compression,
-compression_level) and sets them to the broker's default in force now.")]
+compression_level, cleanup_policy, delete_retention_ms, segment_ms) and sets them to the broker's default in force now.")]
     Alter(AlterArgs),
     /// List every topic with its partitions, record count, size and fsync policy.
     #[command(after_help = "Example:\n  spool topic list")]
@@ -100,6 +100,16 @@ pub struct ConfigArgs {
     /// The codec's level: zstd -7 (fastest) to 22 (smallest); 0 = its default.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     compression_level: Option<i32>,
+    /// What the topic removes: old segments (delete), superseded values per key (compact),
+    /// or both.
+    #[arg(long, value_enum)]
+    cleanup_policy: Option<Cleanup>,
+    /// On a compacted topic, how long a tombstone is kept, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    delete_retention_ms: Option<u64>,
+    /// Close the active segment once its first record is this old, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    segment_ms: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -116,6 +126,12 @@ impl ConfigArgs {
             Some(Codec::Lz4) => Compression::Lz4,
             Some(Codec::Zstd) => Compression::Zstd,
         };
+        let cleanup_policy = match self.cleanup_policy {
+            None => CleanupPolicy::Unspecified,
+            Some(Cleanup::Delete) => CleanupPolicy::Delete,
+            Some(Cleanup::Compact) => CleanupPolicy::Compact,
+            Some(Cleanup::CompactDelete) => CleanupPolicy::CompactDelete,
+        };
         TopicConfig {
             retention_bytes: self.retention_bytes.unwrap_or(0),
             retention_ms: self.retention_ms.unwrap_or(0),
@@ -126,8 +142,21 @@ impl ConfigArgs {
             producer_id_expiration_ms: self.producer_id_expiration_ms.unwrap_or(0),
             compression: compression as i32,
             compression_level: self.compression_level.unwrap_or(0),
+            cleanup_policy: cleanup_policy as i32,
+            delete_retention_ms: self.delete_retention_ms.unwrap_or(0),
+            segment_ms: self.segment_ms.unwrap_or(0),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Cleanup {
+    /// Remove whole old segments by retention.
+    Delete,
+    /// Keep the newest record of each key.
+    Compact,
+    /// Compact, and remove old segments by retention.
+    CompactDelete,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -253,6 +282,12 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
             "producer-id-expiration-ms",
             output::limit(c.producer_id_expiration_ms, duration_ms),
         ),
+        ("cleanup-policy", output::cleanup(c.cleanup_policy)),
+        (
+            "delete-retention-ms",
+            output::limit(c.delete_retention_ms, duration_ms),
+        ),
+        ("segment-ms", output::limit(c.segment_ms, duration_ms)),
     ];
     for (k, v) in rows {
         config.row(vec![k.to_string(), v]);

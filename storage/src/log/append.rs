@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::batch::{self, ProducerStamp, Record};
-use crate::config::Durability;
+use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
 use crate::producer::{Snapshot, Verdict};
 use crate::segment::{self, ActiveIndex, IndexBuilder, Segment};
@@ -167,7 +167,11 @@ impl Log {
         let config = self.config();
         let len = buf.len() as u64;
         let rel_fits = u32::try_from(h.next_offset() - w.segment.base).is_ok();
-        if w.pos > 0 && (w.pos + len > config.segment_bytes || !rel_fits) {
+        if w.pos > 0
+            && (w.pos + len > config.segment_bytes
+                || !rel_fits
+                || self.aged(w, &config, h.append_time_ms))
+        {
             self.roll(w)?;
         }
         self.reserve(w, w.pos + len)?;
@@ -176,6 +180,9 @@ impl Log {
             .and_then(|()| disk::write_at(&w.file, &seg.log_path, buf, w.pos))
             .map_err(|e| Error::io("write", &seg.log_path, e))?;
         let pos = w.pos;
+        if pos == 0 {
+            w.first_append_ms = Some(h.append_time_ms);
+        }
         w.pos += len;
         let (offset_entry, time_entry) = w.index.observe(pos, (h.base_offset - seg.base) as u32, h);
         seg.publish(w.pos, h.next_offset(), h);
@@ -337,7 +344,47 @@ impl Log {
         w.pos = 0;
         w.reserved = 0;
         w.snapshot_pos = 0;
+        w.first_append_ms = None;
         w.index = IndexBuilder::new(self.config().index_interval_bytes);
         Ok(())
+    }
+
+    /// Whether the non-empty active segment has outlived `segment_age` at `now_ms`.
+    fn aged(&self, w: &mut Writer, config: &LogConfig, now_ms: i64) -> bool {
+        let Some(age) = config.segment_age else {
+            return false;
+        };
+        if w.pos == 0 {
+            return false;
+        }
+        let first = match w.first_append_ms {
+            Some(t) => t,
+            None => {
+                // After a restart: the first batch's append time, read once.
+                let t = w
+                    .segment
+                    .data(&self.shared.cache)
+                    .ok()
+                    .and_then(|d| batch::decode_header(&d).ok())
+                    .map_or(i64::MAX, |h| h.append_time_ms);
+                *w.first_append_ms.insert(t)
+            }
+        };
+        let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_sub(first) >= age
+    }
+
+    /// Closes the active segment if it holds batches and its first was appended at least
+    /// `segment_age` before `now_ms`, so a slowly growing log still ages out and compacts
+    /// by whole segments. Returns whether it rolled. Blocks on the disk: not for async
+    /// threads.
+    pub fn roll_if_aged(&self, now_ms: i64) -> Result<bool> {
+        let config = self.config();
+        let mut w = self.writer.lock();
+        if !self.aged(&mut w, &config, now_ms) {
+            return Ok(false);
+        }
+        self.roll(&mut w)?;
+        Ok(true)
     }
 }

@@ -103,6 +103,9 @@ struct Writer {
     /// `producers.len()` as last added to the storage-wide count.
     counted_producers: usize,
     scratch: Vec<u8>,
+    /// When the active segment's first batch was appended (`segment_age`); `None` when
+    /// the segment is empty or, after a restart, not read yet.
+    first_append_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -307,6 +310,7 @@ impl Log {
                 producers,
                 counted_producers: 0,
                 scratch: Vec::new(),
+                first_append_ms: None,
             }),
             segments: RwLock::new(segments),
             start: AtomicU64::new(start),

@@ -490,3 +490,49 @@ fn a_reconfigured_log_applies_its_new_settings_from_the_next_append_on() {
     assert!(storage.reconfigure_log(&log, bad).is_err());
     assert_eq!(log.config().retention_bytes, Some(64 * 1024), "unchanged");
 }
+
+#[test]
+fn an_aged_active_segment_closes_on_the_next_append_or_the_retention_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let hour = Duration::from_secs(3600);
+    let config = LogConfig {
+        segment_age: Some(hour),
+        ..small_config()
+    };
+    let log = storage.open_log("t/0", config.clone()).unwrap();
+    // An empty active segment never ages.
+    assert!(!log.roll_if_aged(i64::MAX).unwrap());
+    log.append(&[record(0, 1)], ProducerStamp::default())
+        .unwrap();
+    assert!(!log.roll_if_aged(now_ms()).unwrap(), "not an hour old yet");
+    let later = now_ms() + 3600 * 1000 + 1000;
+    assert!(log.roll_if_aged(later).unwrap());
+    assert_eq!(log.segment_count(), 2);
+    assert!(!log.roll_if_aged(later).unwrap(), "the new one is empty");
+    log.append(&[record(1, 1)], ProducerStamp::default())
+        .unwrap();
+    // After a restart the age comes from the first batch on disk.
+    drop(log);
+    let log = storage.open_log("t/0", config).unwrap();
+    assert!(!log.roll_if_aged(now_ms()).unwrap());
+    assert!(log.roll_if_aged(later + 3600 * 1000).unwrap());
+    assert_eq!(log.segment_count(), 3);
+    // On the append path: with an age of 1 ms, an append once the segment's first batch
+    // is a millisecond old starts a new segment.
+    let quick = LogConfig {
+        segment_age: Some(Duration::from_millis(1)),
+        ..small_config()
+    };
+    storage.reconfigure_log(&log, quick).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut i = 2;
+    while log.segment_count() < 5 {
+        assert!(std::time::Instant::now() < deadline, "never rolled by age");
+        log.append(&[record(i, 1)], ProducerStamp::default())
+            .unwrap();
+        i += 1;
+    }
+    let all = log.read(0, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(all.len() as u64, i);
+}
