@@ -93,7 +93,7 @@ pub fn recover_tail(
             return Err(Error::NewerFormat {
                 path: path.to_path_buf(),
                 version: u32::from(version),
-                known: u32::from(crate::batch::COMPRESSED_VERSION),
+                known: u32::from(crate::batch::SPARSE_VERSION),
             });
         }
         match segment::resync(&data, pos, expected.saturating_add(1), u64::MAX) {

@@ -8,7 +8,9 @@ mod common;
 use std::fs;
 
 use bytes::Bytes;
-use spool_storage::batch::{self, COMPRESSED_HEADER_LEN, COMPRESSED_VERSION, CRC_START};
+use spool_storage::batch::{
+    self, COMPRESSED_HEADER_LEN, COMPRESSED_VERSION, CRC_START, SPARSE_VERSION,
+};
 use spool_storage::config::{Codec, Compression};
 use spool_storage::{Durability, Error, LogConfig, ProducerStamp, Record, Storage, StorageConfig};
 
@@ -106,7 +108,7 @@ fn a_batch_of_a_newer_format_is_refused_not_cut() {
     let (starts, _) = common::batch_starts(&data);
     let last = *starts.last().unwrap();
     let end = last + batch::decode_header(&data[last..]).unwrap().total_len;
-    data[last + 16] = COMPRESSED_VERSION + 1;
+    data[last + 16] = SPARSE_VERSION + 1;
     // A newer build's batch differs inside the CRC too (attributes it alone knows).
     data[last + 22] = 0x80;
     let crc = crc32fast::hash(&data[last + CRC_START..end]);
@@ -117,7 +119,7 @@ fn a_batch_of_a_newer_format_is_refused_not_cut() {
         .open_log(LOG, config(Codec::Zstd))
         .err()
         .expect("refused");
-    assert!(matches!(e, Error::NewerFormat { version: 4, .. }), "{e}");
+    assert!(matches!(e, Error::NewerFormat { version: 5, .. }), "{e}");
     assert_eq!(fs::read(&file).unwrap(), data, "nothing was cut");
 }
 

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::{
-    BatchError, BatchHeader, COMPRESSED_HEADER_LEN, COMPRESSED_VERSION, CRC_START, HEADER_LEN,
-    ProducerStamp, Record, le_u32, records::Cursor,
+    BatchError, BatchHeader, COMPRESSED_VERSION, CRC_START, HEADER_LEN, ProducerStamp, Record,
+    SPARSE_HEADER_LEN, le_u32, records::Cursor,
 };
 
 /// A chunk closes once its records reach this many bytes (a single larger record is a
@@ -185,24 +185,60 @@ pub fn encode(
     }
     RAW.with_borrow_mut(|raw| {
         let plain = super::encode(raw, base_offset, producer, records, append_time_ms);
-        match compress_records(out, raw, c) {
-            Some(uncompressed_len) => seal(out, raw, plain, c.codec, uncompressed_len),
-            None => {
-                // The plain encoding is the batch; the scratch buffer takes `out`'s.
-                std::mem::swap(out, raw);
-                plain
-            }
-        }
+        compress_or_keep(out, raw, plain, c)
     })
 }
 
-/// Writes the chunks of the version 2 batch `raw` after a version 3 header's room in
-/// `out`; `None` if compressing does not pay (or cannot be framed).
-fn compress_records(out: &mut Vec<u8>, raw: &[u8], c: Compression) -> Option<u32> {
-    let records = &raw[HEADER_LEN..];
+/// [`super::encode_sparse`], compressed with `c` when that shrinks it (version 4 either
+/// way; a batch without records is never compressed).
+pub fn encode_sparse(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    offset_span: u32,
+    records: &[(u32, Record)],
+    append_time_ms: i64,
+    c: Compression,
+) -> BatchHeader {
+    if c.codec.is_none() || records.is_empty() {
+        return super::encode_sparse(out, base_offset, offset_span, records, append_time_ms);
+    }
+    RAW.with_borrow_mut(|raw| {
+        let plain = super::encode_sparse(raw, base_offset, offset_span, records, append_time_ms);
+        compress_or_keep(out, raw, plain, c)
+    })
+}
+
+/// `out` set to the plain batch `raw` (header `plain`) compressed, or to `raw` itself when
+/// compressing does not pay.
+fn compress_or_keep(
+    out: &mut Vec<u8>,
+    raw: &mut Vec<u8>,
+    plain: BatchHeader,
+    c: Compression,
+) -> BatchHeader {
+    match compress_records(out, raw, plain.header_len(), c) {
+        Some(uncompressed_len) => seal(out, raw, plain, c.codec, uncompressed_len),
+        None => {
+            // The plain encoding is the batch; the scratch buffer takes `out`'s.
+            std::mem::swap(out, raw);
+            plain
+        }
+    }
+}
+
+/// Writes the chunks of the plain batch `raw` (records after `raw_header` bytes) after
+/// room for the compressed header (4 bytes more) in `out`; `None` if compressing does not
+/// pay (or cannot be framed).
+fn compress_records(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    raw_header: usize,
+    c: Compression,
+) -> Option<u32> {
+    let records = &raw[raw_header..];
     let uncompressed_len = u32::try_from(records.len()).ok()?;
     out.clear();
-    out.resize(COMPRESSED_HEADER_LEN, 0);
+    out.resize(raw_header + 4, 0);
     let (mut start, mut count, mut pos) = (0usize, 0u32, 0usize);
     while pos < records.len() {
         let mut cur = Cursor { buf: records, pos };
@@ -251,8 +287,8 @@ fn push_chunk(out: &mut Vec<u8>, raw: &[u8], count: u32, c: Compression) -> Opti
     Some(())
 }
 
-/// Fills the version 3 header of `out` from the version 2 header of `raw` and seals it
-/// with the CRC.
+/// Fills the compressed header of `out` from the plain header of `raw` (a version 2 batch
+/// becomes version 3; a sparse one stays version 4) and seals it with the CRC.
 fn seal(
     out: &mut [u8],
     raw: &[u8],
@@ -260,19 +296,25 @@ fn seal(
     codec: Codec,
     uncompressed_len: u32,
 ) -> BatchHeader {
-    out[..HEADER_LEN].copy_from_slice(&raw[..HEADER_LEN]);
+    let (raw_header, version) = if plain.is_sparse() {
+        (SPARSE_HEADER_LEN, plain.version)
+    } else {
+        (HEADER_LEN, COMPRESSED_VERSION)
+    };
+    out[..raw_header].copy_from_slice(&raw[..raw_header]);
     let len = out.len();
     out[8..12].copy_from_slice(&((len - 12) as u32).to_le_bytes());
-    out[16] = COMPRESSED_VERSION;
-    out[21..23].copy_from_slice(&codec.bits().to_le_bytes());
-    out[HEADER_LEN..COMPRESSED_HEADER_LEN].copy_from_slice(&uncompressed_len.to_le_bytes());
+    out[16] = version;
+    let attributes = codec.bits() | (plain.attributes & !super::CODEC_MASK);
+    out[21..23].copy_from_slice(&attributes.to_le_bytes());
+    out[raw_header..raw_header + 4].copy_from_slice(&uncompressed_len.to_le_bytes());
     let crc = crc32fast::hash(&out[CRC_START..]);
     out[17..21].copy_from_slice(&crc.to_le_bytes());
     BatchHeader {
         total_len: len,
         crc,
-        attributes: codec.bits(),
-        version: COMPRESSED_VERSION,
+        attributes,
+        version,
         uncompressed_len,
         ..plain
     }
@@ -283,7 +325,7 @@ fn seal(
 pub(super) fn chunks(h: &BatchHeader, bytes: &[u8]) -> Result<Vec<Chunk>, BatchError> {
     let bad = BatchError::BadRecord;
     let mut out = Vec::new();
-    let (mut pos, mut index, mut raw_total) = (COMPRESSED_HEADER_LEN, 0u32, 0u64);
+    let (mut pos, mut index, mut raw_total) = (h.header_len(), 0u32, 0u64);
     while pos < bytes.len() {
         if bytes.len() - pos < FRAME_LEN {
             return Err(bad("chunk frame runs past the batch"));

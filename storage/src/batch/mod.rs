@@ -7,9 +7,10 @@
 //! 0   u64 base_offset
 //! 8   u32 length            bytes after this field
 //! 12  u32 magic             "SPLB"
-//! 16  u8  version           2, or 3 when compressed (1 is still read)
+//! 16  u8  version           2, 3 when compressed, 4 when sparse (1 is still read)
 //! 17  u32 crc32             crc32fast over bytes 21..12+length
-//! 21  u16 attributes        bits 0-2 compression codec (0 = none, 1 = lz4, 2 = zstd)
+//! 21  u16 attributes        bits 0-2 compression codec (0 = none, 1 = lz4, 2 = zstd),
+//!                           bit 3 set in exactly the sparse batches (version 4)
 //! 23  u32 record_count
 //! 27  i64 first_timestamp_ms
 //! 35  i64 max_timestamp_ms
@@ -20,6 +21,11 @@
 //! 69  records...            (at 61 in version 1; chunks after a u32 in version 3, see
 //!                           `compress`)
 //! ```
+//!
+//! Version 4 (sparse, written by compaction) adds `u32 offset_span` at 69: the batch
+//! covers offsets `base_offset..base_offset + offset_span`, its records carry increasing
+//! offset deltas below the span and may be fewer than it, or none. Its records follow at
+//! 73, or with a codec `u32 uncompressed_len` at 73 and chunks at 77.
 //!
 //! Each record: varint body length, then varint offset delta, zigzag-varint timestamp delta
 //! (from `first_timestamp_ms`), varint key length + key, varint value length + value, varint
@@ -32,6 +38,7 @@ use bytes::Bytes;
 
 pub use compress::{
     Budget, CHUNK_TARGET, Codec, Compression, MAX_CHUNK_RAW, encode as encode_compressed,
+    encode_sparse as encode_sparse_compressed,
 };
 pub use records::Batch;
 
@@ -50,10 +57,18 @@ pub const VERSION: u8 = 2;
 pub const COMPRESSED_VERSION: u8 = 3;
 /// Bytes of a compressed batch's fixed header (version 3).
 pub const COMPRESSED_HEADER_LEN: usize = 73;
+/// The format version of sparse batches (compaction's output): version 2's header and an
+/// offset span, records at any offsets inside it (see the module doc).
+pub const SPARSE_VERSION: u8 = 4;
+/// Bytes of a sparse batch's fixed header without a codec (with one, 4 more).
+pub const SPARSE_HEADER_LEN: usize = 73;
 /// Offset of the first byte the CRC covers.
 pub const CRC_START: usize = 21;
 /// Compression codecs live in the low three bits of `attributes`.
-const CODEC_MASK: u16 = 0b111;
+pub(super) const CODEC_MASK: u16 = 0b111;
+/// Set in exactly the sparse batches (version 4): the version byte lies outside the CRC,
+/// so this bit inside it tells a sparse batch from one whose version byte flipped.
+const SPARSE_BIT: u16 = 0b1000;
 
 /// One record as appended: the broker fills `timestamp_ms` before it reaches the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,16 +137,20 @@ pub struct BatchHeader {
     pub append_time_ms: i64,
     /// Bytes of the records once inflated (version 3); 0 for uncompressed batches.
     pub uncompressed_len: u32,
+    /// Offsets the batch covers from `base_offset`: `record_count`, except in a sparse
+    /// batch (version 4), whose records may be fewer.
+    pub offset_span: u32,
 }
 
 impl BatchHeader {
     /// Bytes of this batch's fixed header: where its records start.
     pub fn header_len(&self) -> usize {
-        match self.version {
-            1 => MIN_HEADER_LEN,
-            COMPRESSED_VERSION => COMPRESSED_HEADER_LEN,
-            _ => HEADER_LEN,
-        }
+        header_len(self.version, self.codec())
+    }
+
+    /// Whether records carry their own offsets (version 4), which may leave gaps.
+    pub fn is_sparse(&self) -> bool {
+        self.version == SPARSE_VERSION
     }
 
     /// How the records are stored.
@@ -141,7 +160,18 @@ impl BatchHeader {
 
     /// The offset after this batch's last record.
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.record_count)
+        self.base_offset + u64::from(self.offset_span)
+    }
+}
+
+/// Bytes of the fixed header of a batch of `version` stored with `codec`.
+fn header_len(version: u8, codec: Codec) -> usize {
+    match (version, codec.is_none()) {
+        (1, _) => MIN_HEADER_LEN,
+        (COMPRESSED_VERSION, _) => COMPRESSED_HEADER_LEN,
+        (SPARSE_VERSION, true) => SPARSE_HEADER_LEN,
+        (SPARSE_VERSION, false) => SPARSE_HEADER_LEN + 4,
+        _ => HEADER_LEN,
     }
 }
 
@@ -180,21 +210,72 @@ pub fn encode(
     records: &[Record],
     append_time_ms: i64,
 ) -> BatchHeader {
+    let span = records.len() as u32;
+    let records = records.iter().zip(0..);
+    write(
+        out,
+        VERSION,
+        (base_offset, span),
+        producer,
+        records,
+        append_time_ms,
+    )
+}
+
+/// Encodes a sparse batch (version 4, uncompressed) covering `base_offset..base_offset +
+/// offset_span`: each record at `base_offset + delta`, deltas increasing and below the
+/// span; `records` may be empty. Compaction writes these; they carry no producer stamp.
+pub fn encode_sparse(
+    out: &mut Vec<u8>,
+    base_offset: u64,
+    offset_span: u32,
+    records: &[(u32, Record)],
+    append_time_ms: i64,
+) -> BatchHeader {
+    debug_assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
+    debug_assert!(records.last().is_none_or(|(d, _)| *d < offset_span));
+    let records = records.iter().map(|(d, r)| (r, *d));
+    let at = (base_offset, offset_span);
+    write(
+        out,
+        SPARSE_VERSION,
+        at,
+        ProducerStamp::default(),
+        records,
+        append_time_ms,
+    )
+}
+
+/// Writes an uncompressed batch of `version` (2 or 4) at `(base_offset, offset_span)`.
+fn write<'a>(
+    out: &mut Vec<u8>,
+    version: u8,
+    (base_offset, offset_span): (u64, u32),
+    producer: ProducerStamp,
+    records: impl Iterator<Item = (&'a Record, u32)> + Clone,
+    append_time_ms: i64,
+) -> BatchHeader {
     out.clear();
-    let first_ts = records.first().map_or(0, |r| r.timestamp_ms);
+    let first_ts = records
+        .clone()
+        .next()
+        .map_or(i64::MIN, |(r, _)| r.timestamp_ms);
     let max_ts = records
-        .iter()
-        .map(|r| r.timestamp_ms)
+        .clone()
+        .map(|(r, _)| r.timestamp_ms)
         .max()
         .unwrap_or(first_ts);
-    out.resize(HEADER_LEN, 0);
+    let header_len = header_len(version, Codec::None);
+    out.resize(header_len, 0);
     // One copy: each record's length is computed first, so its fields go straight into
     // `out` (the writer reuses `out` between appends, so it rarely reallocates).
-    for (i, r) in records.iter().enumerate() {
+    let mut count = 0u32;
+    for (r, delta) in records {
+        count += 1;
         let ts_delta = zigzag(r.timestamp_ms.wrapping_sub(first_ts));
-        let len = record_body_len(r, i, first_ts);
+        let len = record_body_len(r, delta, first_ts);
         put_varint(out, len as u64);
-        put_varint(out, i as u64);
+        put_varint(out, u64::from(delta));
         put_varint(out, ts_delta);
         put_bytes(out, &r.key);
         put_bytes(out, &r.value);
@@ -209,19 +290,24 @@ pub fn encode(
         base_offset,
         total_len,
         crc: 0,
-        attributes: 0,
-        record_count: records.len() as u32,
+        attributes: if version == SPARSE_VERSION {
+            SPARSE_BIT
+        } else {
+            0
+        },
+        record_count: count,
         first_timestamp_ms: first_ts,
         max_timestamp_ms: max_ts,
         producer,
-        version: VERSION,
+        version,
         append_time_ms,
         uncompressed_len: 0,
+        offset_span,
     };
     out[0..8].copy_from_slice(&base_offset.to_le_bytes());
     out[8..12].copy_from_slice(&((total_len - 12) as u32).to_le_bytes());
     out[12..16].copy_from_slice(&MAGIC.to_le_bytes());
-    out[16] = VERSION;
+    out[16] = version;
     out[21..23].copy_from_slice(&header.attributes.to_le_bytes());
     out[23..27].copy_from_slice(&header.record_count.to_le_bytes());
     out[27..35].copy_from_slice(&first_ts.to_le_bytes());
@@ -230,6 +316,9 @@ pub fn encode(
     out[51..53].copy_from_slice(&producer.producer_epoch.to_le_bytes());
     out[53..61].copy_from_slice(&producer.sequence.to_le_bytes());
     out[61..69].copy_from_slice(&append_time_ms.to_le_bytes());
+    if version == SPARSE_VERSION {
+        out[69..73].copy_from_slice(&offset_span.to_le_bytes());
+    }
     let crc = crc32fast::hash(&out[CRC_START..]);
     out[17..21].copy_from_slice(&crc.to_le_bytes());
     BatchHeader { crc, ..header }
@@ -249,13 +338,13 @@ pub fn as_version_1(v2: &[u8]) -> Vec<u8> {
 
 /// Exact encoded size of one record (length prefix included), for limit checks.
 pub fn record_encoded_len(r: &Record, index: usize, first_ts: i64) -> usize {
-    let n = record_body_len(r, index, first_ts);
+    let n = record_body_len(r, index as u32, first_ts);
     n + varint_len(n as u64)
 }
 
 /// Bytes of one record after its length prefix.
-fn record_body_len(r: &Record, index: usize, first_ts: i64) -> usize {
-    let mut n = varint_len(index as u64)
+fn record_body_len(r: &Record, delta: u32, first_ts: i64) -> usize {
+    let mut n = varint_len(u64::from(delta))
         + varint_len(zigzag(r.timestamp_ms.wrapping_sub(first_ts)))
         + bytes_len(r.key.len())
         + bytes_len(r.value.len())
@@ -284,12 +373,24 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadMagic(magic));
     }
     let version = buf[16];
-    let header_len = match version {
-        1 => MIN_HEADER_LEN,
-        VERSION => HEADER_LEN,
-        COMPRESSED_VERSION => COMPRESSED_HEADER_LEN,
-        v => return Err(BatchError::BadVersion(v)),
+    if !(1..=SPARSE_VERSION).contains(&version) {
+        return Err(BatchError::BadVersion(version));
+    }
+    // Attributes sit inside every version's header (checked long enough above).
+    let attributes = u16::from_le_bytes([buf[21], buf[22]]);
+    // Versions 1 and 2 hold uncompressed records; version 3 names its codec; version 4
+    // may have one.
+    let codec = Codec::from_bits(attributes & CODEC_MASK);
+    let codec_ok = match codec {
+        Some(Codec::None) => version != COMPRESSED_VERSION,
+        Some(_) => version >= COMPRESSED_VERSION,
+        None => false,
     };
+    let sparse_ok = (attributes & SPARSE_BIT != 0) == (version == SPARSE_VERSION);
+    if attributes & !(CODEC_MASK | SPARSE_BIT) != 0 || !codec_ok || !sparse_ok {
+        return Err(BatchError::BadAttributes(attributes));
+    }
+    let header_len = header_len(version, codec.unwrap_or_default());
     if (length as usize) < header_len - 12 {
         return Err(BatchError::BadLength(length));
     }
@@ -299,22 +400,23 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
             available: buf.len(),
         });
     }
-    let attributes = u16::from_le_bytes([buf[21], buf[22]]);
-    // Versions 1 and 2 hold uncompressed records; version 3 names its codec.
-    let codec_ok = match Codec::from_bits(attributes & CODEC_MASK) {
-        Some(Codec::None) => version != COMPRESSED_VERSION,
-        Some(_) => version == COMPRESSED_VERSION,
-        None => false,
-    };
-    if attributes & !CODEC_MASK != 0 || !codec_ok {
-        return Err(BatchError::BadAttributes(attributes));
-    }
+    let sparse = version == SPARSE_VERSION;
     let record_count = le_u32(buf, 23);
-    if record_count == 0 {
+    if record_count == 0 && !sparse {
         return Err(BatchError::BadRecord("batch with zero records"));
     }
+    let offset_span = if sparse {
+        le_u32(buf, HEADER_LEN)
+    } else {
+        record_count
+    };
+    if offset_span == 0 || offset_span < record_count {
+        return Err(BatchError::BadRecord(
+            "sparse batch spans fewer offsets than it has records",
+        ));
+    }
     let base_offset = le_u64(buf, 0);
-    if base_offset.checked_add(u64::from(record_count)).is_none() {
+    if base_offset.checked_add(u64::from(offset_span)).is_none() {
         // `next_offset` and every record's offset must fit in a u64 (found by fuzzing:
         // such a header made `records` and `next_offset` overflow).
         return Err(BatchError::BadRecord("offsets run past u64::MAX"));
@@ -339,11 +441,12 @@ pub fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         } else {
             le_u64(buf, 61) as i64
         },
-        uncompressed_len: if version == COMPRESSED_VERSION {
-            le_u32(buf, HEADER_LEN)
-        } else {
-            0
+        uncompressed_len: match (version, header_len) {
+            (COMPRESSED_VERSION, _) => le_u32(buf, HEADER_LEN),
+            (SPARSE_VERSION, l) if l > SPARSE_HEADER_LEN => le_u32(buf, SPARSE_HEADER_LEN),
+            _ => 0,
         },
+        offset_span,
     })
 }
 
@@ -370,7 +473,7 @@ pub fn check(buf: &[u8]) -> Result<BatchHeader, BatchError> {
 /// magic, length and CRC hold but this build does not know its version. Recovery refuses
 /// such a log instead of cutting data it cannot read.
 pub fn future_version(buf: &[u8]) -> Option<u8> {
-    if buf.len() < MIN_HEADER_LEN || le_u32(buf, 12) != MAGIC || buf[16] <= COMPRESSED_VERSION {
+    if buf.len() < MIN_HEADER_LEN || le_u32(buf, 12) != MAGIC || buf[16] <= SPARSE_VERSION {
         return None;
     }
     let total = (le_u32(buf, 8) as usize).checked_add(12)?;
@@ -382,7 +485,7 @@ pub fn future_version(buf: &[u8]) -> Option<u8> {
     // put back to one this build knows is a known batch with a flipped byte (damage), not
     // newer data. (A later format must therefore differ inside the CRC too.)
     let mut copy = buf[..total].to_vec();
-    for v in [1, VERSION, COMPRESSED_VERSION] {
+    for v in [1, VERSION, COMPRESSED_VERSION, SPARSE_VERSION] {
         copy[16] = v;
         if check(&copy).is_ok() {
             return None;

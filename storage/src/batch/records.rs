@@ -48,9 +48,16 @@ impl Batch {
         budget: &Arc<Budget>,
     ) -> Result<Vec<StoredRecord>, BatchError> {
         let h = &self.header;
-        let skip = first
-            .saturating_sub(h.base_offset)
-            .min(u64::from(h.record_count)) as u32;
+        // A dense batch's record `i` is at `base_offset + i`, so records before `first`
+        // are known by index; a sparse batch's are found by their deltas.
+        let skip = if h.is_sparse() {
+            0
+        } else {
+            first
+                .saturating_sub(h.base_offset)
+                .min(u64::from(h.record_count)) as u32
+        };
+        let mut last_delta = None;
         let max = max.max(1);
         let start = h.header_len();
         // `record_count` comes from disk: every record takes at least one byte, so the
@@ -63,7 +70,15 @@ impl Batch {
                 count: h.record_count,
                 end: self.bytes.len(),
             };
-            parse(h, &self.bytes, start, span, skip, max, &mut out)?;
+            parse(
+                h,
+                &self.bytes,
+                start,
+                span,
+                (first, &mut last_delta),
+                max,
+                &mut out,
+            )?;
             return Ok(out);
         }
         let chunks = compress::chunks(h, &self.bytes)?;
@@ -87,7 +102,7 @@ impl Batch {
                 count,
                 end: raw.len(),
             };
-            parse(h, &raw, 0, span, skip, max, &mut out)?;
+            parse(h, &raw, 0, span, (first, &mut last_delta), max, &mut out)?;
         }
         Ok(out)
     }
@@ -102,14 +117,16 @@ struct Span {
     end: usize,
 }
 
-/// Appends to `out` the records of `span` whose index is `skip` or more, until `out`
-/// holds `max`; the span must end exactly after its last record when it is read whole.
+/// Appends to `out` the records of `span` at offset `first` or later, until `out` holds
+/// `max`; the span must end exactly after its last record when it is read whole.
+/// `last_delta` carries a sparse batch's latest offset delta across its chunks: deltas
+/// must increase.
 fn parse(
     h: &BatchHeader,
     buf: &Bytes,
     start: usize,
     span: Span,
-    skip: u32,
+    (first, last_delta): (u64, &mut Option<u64>),
     max: usize,
     out: &mut Vec<StoredRecord>,
 ) -> Result<(), BatchError> {
@@ -124,15 +141,26 @@ fn parse(
             .checked_add(len)
             .filter(|&e| e <= span.end)
             .ok_or(BatchError::BadRecord("record runs past the batch"))?;
-        if i < skip {
+        let offset = if h.is_sparse() {
+            let delta = cur.varint()?;
+            if delta >= u64::from(h.offset_span) || last_delta.is_some_and(|l| delta <= l) {
+                return Err(BatchError::BadRecord(
+                    "sparse offset delta out of order or past the span",
+                ));
+            }
+            *last_delta = Some(delta);
+            h.base_offset + delta
+        } else {
+            h.base_offset + u64::from(i)
+        };
+        if offset < first {
             cur.pos = end;
             continue;
         }
         if out.len() >= max {
             return Ok(());
         }
-        let delta = cur.varint()?;
-        if delta != u64::from(i) {
+        if !h.is_sparse() && cur.varint()? != u64::from(i) {
             return Err(BatchError::BadRecord("offset delta out of order"));
         }
         let ts = h.first_timestamp_ms.wrapping_add(unzigzag(cur.varint()?));
@@ -156,7 +184,7 @@ fn parse(
             ));
         }
         out.push(StoredRecord {
-            offset: h.base_offset + u64::from(i),
+            offset,
             timestamp_ms: ts,
             key,
             value,

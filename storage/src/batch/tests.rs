@@ -143,9 +143,13 @@ fn version_1_batches_read_with_their_newest_timestamp_as_append_time() {
     let got = batch.records().unwrap();
     assert_eq!(got[1].value, records[1].value);
     assert_eq!(got[1].offset, 4);
+    let mut v5 = buf.clone();
+    v5[16] = 5;
+    assert_eq!(check(&v5), Err(BatchError::BadVersion(5)));
+    // A version byte flipped to 4 (sparse) is caught inside the CRC: the sparse bit.
     let mut v4 = buf.clone();
     v4[16] = 4;
-    assert_eq!(check(&v4), Err(BatchError::BadVersion(4)));
+    assert_eq!(check(&v4), Err(BatchError::BadAttributes(0)));
 }
 
 #[test]
@@ -371,4 +375,106 @@ fn version_3_needs_a_codec_and_versions_1_and_2_refuse_one() {
     v2[21] = 2;
     reseal(&mut v2);
     assert_eq!(check(&v2), Err(BatchError::BadAttributes(2)));
+}
+
+/// Every third record of `lines`, at deltas 0, 3, 6, ... of a span of `3 * n`.
+fn sparse_records(n: usize) -> Vec<(u32, Record)> {
+    lines(n, 200)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (3 * i as u32, r))
+        .collect()
+}
+
+#[test]
+fn a_sparse_batch_keeps_each_record_at_its_offset_and_spans_its_gaps() {
+    let records = sparse_records(40);
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+        let mut buf = Vec::new();
+        let c = Compression { codec, level: 0 };
+        let h = encode_sparse_compressed(&mut buf, 1_000, 120, &records, 55, c);
+        assert_eq!(
+            (h.version, h.record_count, h.offset_span),
+            (SPARSE_VERSION, 40, 120)
+        );
+        assert_eq!(h.next_offset(), 1_120);
+        assert_eq!(h.codec(), codec, "these records compress");
+        let batch = Batch::parse(&Bytes::from(buf)).unwrap();
+        assert_eq!(batch.header, h);
+        let all = batch.records().unwrap();
+        let offsets: Vec<u64> = all.iter().map(|r| r.offset).collect();
+        let want: Vec<u64> = (0..40).map(|i| 1_000 + 3 * i).collect();
+        assert_eq!(offsets, want, "{codec:?}");
+        assert_eq!(all[7].value, records[7].1.value);
+        // From inside a gap: the next record after it.
+        let from_gap = batch.records_from(1_004, 2, &Budget::unlimited()).unwrap();
+        assert_eq!(
+            from_gap.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            [1_006, 1_009]
+        );
+        // Past the last record, inside the span: nothing.
+        assert!(
+            batch
+                .records_from(1_118, 5, &Budget::unlimited())
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[test]
+fn a_sparse_batch_may_hold_no_records_but_not_fewer_offsets_than_records() {
+    let mut buf = Vec::new();
+    let h = encode_sparse(&mut buf, 10, 500, &[], 1);
+    assert_eq!((h.record_count, h.next_offset()), (0, 510));
+    let batch = Batch::parse(&Bytes::from(buf.clone())).unwrap();
+    assert!(batch.records().unwrap().is_empty());
+    // A dense batch of no records stays invalid.
+    let mut dense = Vec::new();
+    encode(
+        &mut dense,
+        0,
+        ProducerStamp::default(),
+        &[rec("a", "b", 1)],
+        9,
+    );
+    dense[23..27].copy_from_slice(&0u32.to_le_bytes());
+    reseal(&mut dense);
+    assert!(matches!(check(&dense), Err(BatchError::BadRecord(_))));
+    // A span of 0, or below the record count, is refused.
+    buf[69..73].copy_from_slice(&0u32.to_le_bytes());
+    reseal(&mut buf);
+    assert!(matches!(check(&buf), Err(BatchError::BadRecord(_))));
+}
+
+/// A sparse batch of `records` as given, over `span` offsets (release builds do not check
+/// the deltas when encoding).
+fn unchecked_sparse(records: &[(u32, Record)], span: u32) -> Batch {
+    let mut buf = Vec::new();
+    let records = records.iter().map(|(d, r)| (r, *d));
+    let h = super::write(
+        &mut buf,
+        SPARSE_VERSION,
+        (0, span),
+        ProducerStamp::default(),
+        records,
+        1,
+    );
+    Batch {
+        header: h,
+        bytes: Bytes::from(buf),
+    }
+}
+
+#[test]
+fn a_sparse_batch_with_deltas_out_of_order_or_past_its_span_is_damage() {
+    let mut records = sparse_records(3);
+    records.swap(0, 1);
+    let batch = unchecked_sparse(&records, 9);
+    assert!(matches!(batch.records(), Err(BatchError::BadRecord(_))));
+    let batch = unchecked_sparse(&sparse_records(3), 6);
+    assert!(
+        matches!(batch.records(), Err(BatchError::BadRecord(_))),
+        "delta 6 of a span of 6"
+    );
 }

@@ -13,6 +13,11 @@ impl Log {
     /// Reads records from `offset` on, starting exactly there even inside a batch: at most
     /// `max_records`, and no more than `max_bytes` of payload except that the first record
     /// is always returned. Empty at the end offset. Damage is an error, never data.
+    ///
+    /// Offsets may have gaps (compaction removes records, never renumbers them): the
+    /// records returned are in offset order but not always consecutive, and a read from
+    /// inside a gap returns the records after it. The log's last batch is never compacted
+    /// away, so a read from below the end offset returns at least one record.
     pub fn read(
         &self,
         offset: u64,
@@ -73,6 +78,10 @@ impl Log {
                                 }
                                 r => r?,
                             };
+                            // Fewer than asked for: the batch holds no more records
+                            // past `next`, so the rest of its span (a gap, in a sparse
+                            // batch) is read too.
+                            let whole = records.len() < want;
                             for r in records {
                                 if r.offset < next {
                                     continue;
@@ -92,6 +101,9 @@ impl Log {
                                 bytes += n;
                                 next = r.offset + 1;
                                 out.push(r);
+                            }
+                            if whole {
+                                next = next.max(h.next_offset().min(seg_end));
                             }
                         }
                         pos += h.total_len;

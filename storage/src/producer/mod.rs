@@ -290,6 +290,7 @@ mod tests {
             version: crate::batch::VERSION,
             append_time_ms: at_ms,
             uncompressed_len: 0,
+            offset_span: count,
         }
     }
 
