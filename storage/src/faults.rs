@@ -20,6 +20,8 @@ pub enum Op {
     Open,
     /// Removing a file (retention, truncation, leftovers).
     Remove,
+    /// Renaming a file into place (compaction's swap of a cleaned segment and its indexes).
+    Rename,
 }
 
 #[cfg(feature = "fault-injection")]

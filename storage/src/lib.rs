@@ -55,7 +55,8 @@ pub use batch::{Header, ProducerStamp, Record, StoredRecord};
 pub use config::{Durability, LogConfig, StorageConfig};
 pub use error::{Error, Result};
 pub use log::{
-    Appended, Damage, Durable, Listener, Log, OpenReport, SyncLeader, SyncWait, sync_dir,
+    Appended, CompactOptions, CompactReport, Damage, Durable, Listener, Log, OpenReport,
+    SyncLeader, SyncWait, TOMBSTONE_HEADER, sync_dir,
 };
 
 /// Called with a log's name when the log fails (see [`Log::failure`]); set with

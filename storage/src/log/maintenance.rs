@@ -129,6 +129,8 @@ impl Log {
         st.running = true;
         drop(st);
         let result = self.truncate_locked(&mut w, offset);
+        // What is appended again below the old checkpoint is dirty.
+        self.cleaned_to.fetch_min(offset, Ordering::AcqRel);
         let mut st = self.sync.lock();
         st.running = false;
         self.sync_done.notify_all();

@@ -8,13 +8,17 @@
 //! `mod.rs` holds the types, opening and closing; the rest of `impl Log` lives by concern in
 //! `append.rs` (appends, index entries, rolls), `sync.rs` (fsyncs and the durable offset),
 //! `read.rs` (reads by offset and time), `producers.rs` (bounds on the idempotent producer
-//! table) and `maintenance.rs` (retention, truncation, verification).
+//! table), `maintenance.rs` (retention, truncation, verification) and `compact.rs`
+//! (compaction by key).
 
 mod append;
+mod compact;
 mod maintenance;
 mod producers;
 mod read;
 mod sync;
+
+pub use compact::{CompactOptions, CompactReport, TOMBSTONE_HEADER};
 
 pub use sync::{Durable, SyncLeader, SyncWait};
 
@@ -24,7 +28,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -146,6 +150,12 @@ pub struct Log {
     /// directory: synced by the next `sync` before it moves the durable offset.
     unsynced: Mutex<Vec<PathBuf>>,
     report: OpenReport,
+    /// Compaction's checkpoint: the log is clean below this offset.
+    cleaned_to: AtomicU64,
+    /// Held by the compaction pass running on this log, if any.
+    compacting: Mutex<()>,
+    /// When a tombstone the last pass kept expires (`i64::MAX`: none); 0 until a pass ran.
+    tombstones_due_ms: AtomicI64,
 }
 
 impl Log {
@@ -329,7 +339,12 @@ impl Log {
             unsynced: Mutex::new(Vec::new()),
             report,
             config: RwLock::new(Arc::new(config)),
+            cleaned_to: AtomicU64::new(0),
+            compacting: Mutex::new(()),
+            tombstones_due_ms: AtomicI64::new(0),
         };
+        let checkpoint = compact::load_checkpoint(&log.dir).min(log.end_offset());
+        log.cleaned_to.store(checkpoint, Ordering::Release);
         // Recovered producers count against the bounds too (an older build kept them all).
         let mut w = log.writer.lock();
         log.bound_producers(&mut w, producers::wall_clock_ms());
