@@ -100,6 +100,20 @@ pub struct BrokerConfig {
     pub stream_memory_bytes: u64,
     /// How often retention runs, in milliseconds.
     pub retention_check_ms: u64,
+    /// How often the compactor looks at compacted topics' partitions, in milliseconds.
+    pub compaction_check_ms: u64,
+    /// A partition is compacted once this share (percent) of its closed segments' bytes is
+    /// dirty (written since its last compaction), or a kept tombstone has expired.
+    pub compaction_min_dirty_percent: u32,
+    /// A partition is compacted anyway once a dirty closed segment is this old (its newest
+    /// batch's append time), in milliseconds, so tombstones and updates of a quiet topic
+    /// do not wait for the dirty share to grow.
+    pub compaction_max_lag_ms: u64,
+    /// Bytes per second one compaction pass reads and writes at most; 0 = unthrottled.
+    pub compaction_bytes_per_sec: u64,
+    /// Memory a pass's key map may use, in bytes (about 32 a key): more keys are cleaned
+    /// over several passes.
+    pub compaction_map_bytes: u64,
     /// The committed offsets of a group with no members are deleted this long (in
     /// milliseconds) after its last commit or the last time it had members, whichever is
     /// later, as Kafka's `offsets.retention.minutes` does: invented group names cannot grow
@@ -163,6 +177,11 @@ impl Default for BrokerConfig {
             stream_max_bytes: 256 * 1024,
             stream_memory_bytes: 64 * 1024 * 1024,
             retention_check_ms: 60_000,
+            compaction_check_ms: 15_000,
+            compaction_min_dirty_percent: 50,
+            compaction_max_lag_ms: 60 * 60 * 1000,
+            compaction_bytes_per_sec: 64 * 1024 * 1024,
+            compaction_map_bytes: 64 * 1024 * 1024,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             queue_delay_memory_bytes: 64 * 1024 * 1024,
             producer_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
@@ -238,6 +257,12 @@ impl BrokerConfig {
             return Err("tls.require_client_cert needs tls.client_ca".into());
         }
         crate::auth::Auth::new(&self.auth, self.tls.client_ca.is_some())?;
+        if self.compaction_min_dirty_percent > 100 {
+            return Err("compaction_min_dirty_percent must be 0 to 100".into());
+        }
+        if self.compaction_map_bytes < 1024 * 1024 {
+            return Err("compaction_map_bytes must be at least 1 MiB".into());
+        }
         if self.max_request_bytes < 1024 {
             return Err("max_request_bytes must be at least 1024".into());
         }
@@ -250,6 +275,10 @@ impl BrokerConfig {
             return Err("max_producers_per_partition and max_producers must be at least 1".into());
         }
         Ok(())
+    }
+
+    pub fn compaction_check(&self) -> Duration {
+        Duration::from_millis(self.compaction_check_ms.max(100))
     }
 
     pub fn retention_check(&self) -> Duration {

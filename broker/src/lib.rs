@@ -14,6 +14,7 @@
 //! - `console/`: the web console's JSON API under `/api/v1/` on the same listener.
 //! - `rpc_metrics`: the tower layer counting requests and errors by RPC and code.
 //! - `server`: start-up, serving, retention, graceful shutdown.
+//! - `compaction`: the compactor of compacted topics (passes of `Log::compact`).
 //! - `verify`: `spoold verify`, the offline integrity check of a data directory.
 //! - `error`: the broker's error enum.
 //! - `testing`: an in-process broker on a temporary directory, for examples and tests.
@@ -24,6 +25,7 @@
 //! - Every stream queue is bounded: a slow client costs bounded memory.
 
 pub mod auth;
+pub mod compaction;
 pub mod config;
 pub mod console;
 pub mod error;

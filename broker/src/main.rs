@@ -34,6 +34,17 @@ struct Cli {
     /// How often retention runs, in milliseconds [default: 60000].
     #[arg(long, env = "SPOOL_RETENTION_CHECK_MS")]
     retention_check_ms: Option<u64>,
+    /// How often the compactor looks at compacted topics, in milliseconds [default: 15000].
+    #[arg(long, env = "SPOOL_COMPACTION_CHECK_MS")]
+    compaction_check_ms: Option<u64>,
+    /// Compact a partition once a dirty closed segment is this old, in milliseconds, even
+    /// below the dirty share [default: 3600000, 1 hour].
+    #[arg(long, env = "SPOOL_COMPACTION_MAX_LAG_MS")]
+    compaction_max_lag_ms: Option<u64>,
+    /// Bytes per second a compaction pass reads and writes at most; 0 = unthrottled
+    /// [default: 67108864, 64 MiB/s].
+    #[arg(long, env = "SPOOL_COMPACTION_BYTES_PER_SEC")]
+    compaction_bytes_per_sec: Option<u64>,
     /// How long a group without members keeps its committed offsets after its last commit,
     /// in milliseconds [default: 604800000, 7 days].
     #[arg(long, env = "SPOOL_OFFSETS_RETENTION_MS")]
@@ -131,6 +142,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.retention_check_ms {
         config.retention_check_ms = v;
+    }
+    if let Some(v) = cli.compaction_check_ms {
+        config.compaction_check_ms = v;
+    }
+    if let Some(v) = cli.compaction_max_lag_ms {
+        config.compaction_max_lag_ms = v;
+    }
+    if let Some(v) = cli.compaction_bytes_per_sec {
+        config.compaction_bytes_per_sec = v;
     }
     if let Some(v) = cli.offsets_retention_ms {
         config.offsets_retention_ms = v;

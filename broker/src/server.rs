@@ -211,6 +211,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         token.clone(),
     ));
     let retention_task = tokio::spawn(retention_loop(Arc::clone(&inner)));
+    tokio::spawn(crate::compaction::run(Arc::clone(&inner), token.clone()));
     // Ends with the runtime: it holds nothing that needs flushing.
     tokio::spawn(crate::console::history::run(
         Arc::clone(&inner),

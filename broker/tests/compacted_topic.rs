@@ -108,3 +108,171 @@ async fn a_compacted_topic_routes_by_record_key_and_refuses_new_partitions() {
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().contains("CleanupPolicy"), "{}", s.message());
 }
+
+/// The newest value of every key in `records` (a tombstone as an empty value).
+fn newest(records: &[Record]) -> std::collections::HashMap<Vec<u8>, Vec<u8>> {
+    records
+        .iter()
+        .filter(|r| !r.key.is_empty())
+        .map(|r| (r.key.to_vec(), r.value.to_vec()))
+        .collect()
+}
+
+/// Waits until every partition of `topic` holds at most `most` records.
+async fn wait_compacted(c: &mut Client, topic: &str, partitions: u32, most: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let mut counts = Vec::new();
+        for p in 0..partitions {
+            counts.push(read_to_end(c, topic, p, 0).await.len());
+        }
+        if counts.iter().all(|n| *n <= most) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} not compacted: {counts:?} records per partition"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// 1,000 keys written 1,000 times each into two partitions: compaction brings each
+/// partition to about its 500 keys (plus at most its last batch, which stays), every read
+/// returns each key's newest value at its offset, tombstoned keys go after their retention,
+/// and all of it holds through kill -9.
+#[tokio::test]
+async fn a_compacted_topic_ends_with_the_newest_value_of_each_key() {
+    let mut b = Broker::start_with(&[
+        "--compaction-check-ms",
+        "100",
+        "--retention-check-ms",
+        "100",
+        "--compaction-bytes-per-sec",
+        "0",
+        "--compaction-max-lag-ms",
+        "500",
+    ]);
+    let mut c = b.client().await;
+    let config = TopicConfig {
+        segment_bytes: 1 << 20,
+        segment_ms: 1_000,
+        delete_retention_ms: 2_000,
+        ..compacted()
+    };
+    create_topic_with(&mut c, "state", 2, config).await;
+    let (keys, rounds) = (1_000u32, 1_000u32);
+    for round in 0..rounds {
+        let mut by_partition: [Vec<Record>; 2] = Default::default();
+        for k in 0..keys {
+            let key = format!("key-{k}");
+            let p = partition_for_key(key.as_bytes(), 2) as usize;
+            by_partition[p].push(keyed(&key, &format!("{key}={round}")));
+        }
+        for (p, records) in by_partition.into_iter().enumerate() {
+            append(&mut c, "state", p as u32, records).await;
+        }
+    }
+    // At most a partition's keys plus its last batch (about 500 records).
+    wait_compacted(&mut c, "state", 2, 1_100).await;
+    let mut all = Vec::new();
+    for p in 0..2 {
+        let records = read_to_end(&mut c, "state", p, 0).await;
+        assert!(
+            records.len() >= 400,
+            "partition {p}: {} records",
+            records.len()
+        );
+        assert!(records.windows(2).all(|w| w[0].offset < w[1].offset));
+        all.extend(records);
+    }
+    let values = newest(&all);
+    assert_eq!(values.len(), keys as usize);
+    for k in 0..keys {
+        let key = format!("key-{k}");
+        let want = format!("{key}={}", rounds - 1);
+        assert_eq!(values[key.as_bytes()], want.as_bytes(), "{key}");
+    }
+    let info = describe(&mut c, "state").await;
+    assert!(
+        info.partition_info.iter().all(|p| p.dirty_ratio < 0.5),
+        "{info:?}"
+    );
+    let metrics = b.metrics();
+    assert!(
+        metrics.contains("spool_compaction_bytes_cleaned_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spool_partition_dirty_ratio{"),
+        "{metrics}"
+    );
+
+    // Tombstones for 100 keys: gone with their keys once their retention passed.
+    let deleted: Vec<String> = (0..100).map(|k| format!("key-{k}")).collect();
+    for key in &deleted {
+        let mut t = keyed(key, "");
+        t.headers.push(Header {
+            key: "spool-tombstone".into(),
+            value: Default::default(),
+        });
+        let p = partition_for_key(key.as_bytes(), 2);
+        append(&mut c, "state", p, vec![t]).await;
+    }
+    // Later appends of other keys, so the tombstones are not the partitions' last batches.
+    for p in 0..2u32 {
+        let other = (100..keys)
+            .map(|k| format!("key-{k}"))
+            .find(|k| partition_for_key(k.as_bytes(), 2) == p)
+            .unwrap();
+        append(
+            &mut c,
+            "state",
+            p,
+            vec![keyed(&other, &format!("{other}=final"))],
+        )
+        .await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let mut all = Vec::new();
+        for p in 0..2 {
+            all.extend(read_to_end(&mut c, "state", p, 0).await);
+        }
+        let present = deleted
+            .iter()
+            .filter(|k| all.iter().any(|r| r.key == k.as_bytes()))
+            .count();
+        if present == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let left: Vec<(u64, String)> = all
+                .iter()
+                .filter(|r| deleted.iter().any(|k| r.key == k.as_bytes()))
+                .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))
+                .collect();
+            let log = b.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("compacted"))
+                .collect();
+            panic!(
+                "{present} deleted keys still present: {left:?}\n{}",
+                lines.join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    b.kill().await;
+    b.restart();
+    let mut c = b.client().await;
+    let mut after = Vec::new();
+    for p in 0..2 {
+        after.extend(read_to_end(&mut c, "state", p, 0).await);
+    }
+    let values = newest(&after);
+    assert_eq!(values.len(), keys as usize - deleted.len(), "after kill -9");
+    assert!(deleted.iter().all(|k| !values.contains_key(k.as_bytes())));
+    assert_eq!(values[b"key-500".as_slice()], b"key-500=999");
+}

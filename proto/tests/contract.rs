@@ -264,6 +264,7 @@ fn generated_types_have_the_contract_field_names() {
             size_bytes: 0,
             state: v1::PartitionState::Ok as i32,
             failure: String::new(),
+            dirty_ratio: 0.0,
         }],
     };
     let append = v1::AppendRequest {

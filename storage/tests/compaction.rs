@@ -1,5 +1,5 @@
 //! Compaction of a log: the newest record of each key stays at its offset, keyless records
-//! and the log's last batch stay, tombstones delete their key and go after their
+//! and the log's last record stay, tombstones delete their key and go after their
 //! retention, a bounded key map cleans over several passes, compressed logs stay
 //! compressed, and a failure at each step of a segment's rewrite, followed by a reopen
 //! (the crash), leaves the old segment or the new one, never a mix.
@@ -278,7 +278,7 @@ fn a_small_key_map_cleans_over_several_passes_to_the_same_result() {
 }
 
 #[test]
-fn the_last_batch_of_the_log_is_never_removed() {
+fn the_last_record_of_the_log_is_never_removed() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         segment_age: Some(std::time::Duration::from_secs(3600)),
@@ -287,16 +287,18 @@ fn the_last_batch_of_the_log_is_never_removed() {
     let (_storage, log) = common::open(dir.path(), LOG, config);
     fill(&log, 10, 30);
     let end = log.end_offset();
-    // The newest value of key-3 ends the log; the active segment is then closed empty.
+    // A value of key-3 and its tombstone end the log, the active segment is then closed
+    // empty, and the tombstone's retention passes: the tombstone stays all the same.
     log.append(&[keyed("key-3", end)], ProducerStamp::default())
         .unwrap();
-    log.append(&[keyed("key-3", end + 1)], ProducerStamp::default())
+    log.append(&[tombstone("key-3")], ProducerStamp::default())
         .unwrap();
     assert!(log.roll_if_aged(i64::MAX).unwrap());
-    log.compact(&opts(0)).unwrap();
+    log.compact(&opts(i64::MAX / 2)).unwrap();
     let got = read_all(&log);
     let last = got.last().unwrap();
-    assert_eq!(last.offset, end + 1);
+    assert_eq!((last.offset, last.value.len()), (end + 1, 0));
+    assert!(got.iter().all(|r| r.key != "key-3" || r.offset == end + 1));
     assert_eq!(log.end_offset(), end + 2);
 }
 

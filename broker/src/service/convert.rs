@@ -142,6 +142,11 @@ pub fn topic_info(t: &Topic) -> v1::TopicInfo {
                     None => v1::PartitionState::Ok,
                 } as i32,
                 failure: p.failure().unwrap_or_default(),
+                dirty_ratio: if s.cleanup_policy.compacts() {
+                    p.log.dirty_ratio()
+                } else {
+                    0.0
+                },
             })
             .collect(),
     }

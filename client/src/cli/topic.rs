@@ -294,21 +294,32 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
     }
     print!("{}", config.render());
     println!();
-    let mut parts = Table::new(&[
+    // A compacted partition's offsets have gaps: its span is not a record count.
+    let compacted = c.cleanup_policy == CleanupPolicy::Compact as i32
+        || c.cleanup_policy == CleanupPolicy::CompactDelete as i32;
+    let mut columns = vec![
         ("PARTITION", true),
         ("START", true),
         ("END", true),
-        ("RECORDS", true),
+        (if compacted { "OFFSETS" } else { "RECORDS" }, true),
         ("SIZE", true),
-    ]);
+    ];
+    if compacted {
+        columns.push(("DIRTY", true));
+    }
+    let mut parts = Table::new(&columns);
     for p in &info.partition_info {
-        parts.row(vec![
+        let mut row = vec![
             p.partition.to_string(),
             p.start_offset.to_string(),
             p.end_offset.to_string(),
             output::count(p.end_offset.saturating_sub(p.start_offset)),
             output::bytes(p.size_bytes),
-        ]);
+        ];
+        if compacted {
+            row.push(format!("{:.0}%", p.dirty_ratio * 100.0));
+        }
+        parts.row(row);
     }
     print!("{}", parts.render());
     Ok(())

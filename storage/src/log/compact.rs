@@ -96,12 +96,28 @@ impl Log {
     }
 
     /// Whether a pass would do anything now: the dirty share of the closed segments is at
-    /// least `min_dirty_ratio` (and above 0), or a tombstone kept by the last pass has
-    /// expired since (after a reopen: one pass finds out).
-    pub fn needs_compaction(&self, now_ms: i64, min_dirty_ratio: f64) -> bool {
+    /// least `min_dirty_ratio` (and above 0), or a dirty closed segment's newest batch was
+    /// appended `max_lag_ms` or longer ago (so a little dirt is not kept forever), or a
+    /// tombstone kept by the last pass has expired since (after a reopen: one pass finds
+    /// out).
+    pub fn needs_compaction(&self, now_ms: i64, min_dirty_ratio: f64, max_lag_ms: u64) -> bool {
+        if self.tombstones_due_ms.load(Ordering::Acquire) <= now_ms {
+            return true;
+        }
         let ratio = self.dirty_ratio();
-        (ratio > 0.0 && ratio >= min_dirty_ratio)
-            || self.tombstones_due_ms.load(Ordering::Acquire) <= now_ms
+        if ratio <= 0.0 {
+            return false;
+        }
+        if ratio >= min_dirty_ratio {
+            return true;
+        }
+        let clean_below = self.cleaned_to.load(Ordering::Acquire);
+        let segs: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        let lag = i64::try_from(max_lag_ms).unwrap_or(i64::MAX);
+        segs[..segs.len() - 1]
+            .iter()
+            .find(|s| s.end() > clean_below)
+            .is_some_and(|s| s.newest_append_time(&self.shared.cache) <= now_ms.saturating_sub(lag))
     }
 
     /// Runs one compaction pass (see the module doc). Blocks on the disk: never on an async
@@ -129,7 +145,7 @@ impl Log {
         let rule = Keep {
             keys: &keys,
             opts,
-            last_batch_from: self.last_batch_base(),
+            last_record: self.last_record(),
             next_expiry: Cell::new(i64::MAX),
         };
         for seg in closed.iter().filter(|s| s.base < stop) {
@@ -181,25 +197,26 @@ impl Log {
         Ok((keys, stop))
     }
 
-    /// The base offset of the log's last batch (never removed, so the end offset is always
-    /// backed by a batch).
-    fn last_batch_base(&self) -> u64 {
-        let end = self.end_offset();
+    /// The offset of the log's last record (never removed, so the end offset is always
+    /// backed by the batch holding it, and a read below the end returns a record).
+    fn last_record(&self) -> u64 {
         let segs: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
         for seg in segs.iter().rev() {
-            if seg.end() == seg.base {
-                continue;
-            }
-            let mut last = seg.base;
-            let walked = self.each_batch(seg, |h, _| {
-                if h.next_offset() >= end {
-                    last = h.base_offset;
+            let mut last = None;
+            let walked = self.each_batch(seg, |_, records| {
+                if let Some(r) = records.last() {
+                    last = Some(r.offset);
                 }
                 true
             });
-            return if walked.is_ok() { last } else { seg.base };
+            match (walked, last) {
+                (Ok(()), Some(last)) => return last,
+                (Ok(()), None) => continue,
+                // Unreadable: keep the whole segment.
+                (Err(_), _) => return seg.base,
+            }
         }
-        end
+        0
     }
 
     /// Calls `f` with each batch of `seg` and its records, in order, until it returns false.
@@ -387,15 +404,15 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 struct Keep<'a> {
     keys: &'a KeyMap,
     opts: &'a CompactOptions,
-    /// Records of the log's last batch (from this offset) always stay.
-    last_batch_from: u64,
+    /// The log's last record (and, if it cannot be read, everything from here) stays.
+    last_record: u64,
     /// When the first tombstone kept so far expires.
     next_expiry: Cell<i64>,
 }
 
 impl Keep<'_> {
     fn keeps(&self, r: &StoredRecord, h: &batch::BatchHeader) -> bool {
-        if r.key.is_empty() || r.offset >= self.last_batch_from {
+        if r.key.is_empty() || r.offset >= self.last_record {
             return true;
         }
         if self
