@@ -138,21 +138,12 @@ async fn wait_compacted(c: &mut Client, topic: &str, partitions: u32, most: usiz
 }
 
 /// 1,000 keys written 1,000 times each into two partitions: compaction brings each
-/// partition to about its 500 keys (plus at most its last batch, which stays), every read
+/// partition to about its 500 keys (plus at most its last record, which stays), every read
 /// returns each key's newest value at its offset, tombstoned keys go after their retention,
 /// and all of it holds through kill -9.
 #[tokio::test]
 async fn a_compacted_topic_ends_with_the_newest_value_of_each_key() {
-    let mut b = Broker::start_with(&[
-        "--compaction-check-ms",
-        "100",
-        "--retention-check-ms",
-        "100",
-        "--compaction-bytes-per-sec",
-        "0",
-        "--compaction-max-lag-ms",
-        "500",
-    ]);
+    let mut b = Broker::start_with(&QUICK_COMPACTION);
     let mut c = b.client().await;
     let config = TopicConfig {
         segment_bytes: 1 << 20,

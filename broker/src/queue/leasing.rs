@@ -442,6 +442,10 @@ impl Queue {
                 }
                 scanned += 1;
                 let o = r.offset;
+                if part.scan() < o {
+                    // Offsets without records (a compacted topic's gaps).
+                    part.skip_gap(part.scan(), o);
+                }
                 if part.is_fresh(o) {
                     let proto = convert::to_proto(r);
                     let key = self.order_key(&proto.key);

@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use roaring::RoaringTreemap;
 
+mod gaps;
+
 /// A touched, unsettled record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {

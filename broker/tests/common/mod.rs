@@ -45,6 +45,18 @@ pub struct Broker {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Flags for a broker that compacts (and rolls aged segments) within a fraction of a second.
+pub const QUICK_COMPACTION: [&str; 8] = [
+    "--compaction-check-ms",
+    "100",
+    "--retention-check-ms",
+    "100",
+    "--compaction-bytes-per-sec",
+    "0",
+    "--compaction-max-lag-ms",
+    "500",
+];
+
 impl Broker {
     /// Starts a broker with the default flags on a fresh data directory.
     pub fn start() -> Broker {

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compacted;
 mod compressed;
 mod dead_letters;
 mod durability;
