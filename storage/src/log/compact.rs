@@ -239,23 +239,15 @@ impl Log {
                     });
                 }
             };
-            let b = batch::Batch {
-                header: h,
-                bytes: data.slice(pos..pos + h.total_len),
-            };
-            let records = b
-                .records_from(h.base_offset, usize::MAX, &self.shared.budget)
-                .map_err(|e| match e {
-                    batch::BatchError::OverBudget { needed, limit } => {
-                        Error::DecompressBudget { needed, limit }
-                    }
-                    e => Error::Corrupt {
-                        path: seg.log_path.clone(),
-                        position: pos as u64,
-                        offsets: Some(h.base_offset..h.next_offset()),
-                        reason: e.to_string(),
-                    },
-                })?;
+            let records = super::read::decode(
+                &self.shared.budget,
+                seg,
+                &data,
+                pos,
+                h,
+                h.base_offset,
+                usize::MAX,
+            )?;
             if !f(&h, records) {
                 return Ok(());
             }

@@ -188,7 +188,7 @@ impl Log {
 
 /// The records of the validated batch `h` at `pos`, compressed chunks inflated within
 /// `budget`; a batch whose records do not decode is damage, reported with its offsets.
-fn decode(
+pub(super) fn decode(
     budget: &Arc<Budget>,
     seg: &Segment,
     data: &bytes::Bytes,
