@@ -3,7 +3,7 @@
 
 Checks that the spool.v1 API works from a second language: topics, appends with
 partition keys and headers, reads, Subscribe (read N records, then cancel), commits
-and offsets, error codes, idempotent retries, compressed topics, AlterTopic, and a
+and offsets, error codes, idempotent retries, compressed and compacted topics, AlterTopic, and a
 restart that keeps it all. It also checks the documented partitioning hash (FNV-1a 64)
 computed here in Python against the partition the broker picks.
 
@@ -44,8 +44,8 @@ def partition_for_key(key, partitions):
 class Broker:
     """A spoold process on an ephemeral port with a data directory that outlives restarts."""
 
-    def __init__(self, data_dir):
-        self.spoold = Spoold(["--data-dir", data_dir])
+    def __init__(self, data_dir, args=()):
+        self.spoold = Spoold(["--data-dir", data_dir, *args])
         self.channel = None
         self.stub = None
 
@@ -348,6 +348,87 @@ def test_alter_topic_adds_partitions_and_changes_settings(b):
 TESTS.append(test_alter_topic_adds_partitions_and_changes_settings)
 
 
+# The compactor looks often and cleans unthrottled, so a test waits seconds, not minutes.
+QUICK_COMPACTION = ["--compaction-check-ms", "100", "--retention-check-ms", "100",
+                    "--compaction-bytes-per-sec", "0", "--compaction-max-lag-ms", "500"]
+
+
+def read_partition(stub, topic, partition, offset=0):
+    """Every record from `offset` to the end offset the first read reported."""
+    got, end = [], None
+    while end is None or offset < end:
+        r = stub.Read(pb.ReadRequest(topic=topic, partition=partition, offset=offset),
+                      timeout=PATIENCE_S)
+        end = r.end_offset if end is None else end
+        if not r.records:
+            break
+        got.extend(r.records)
+        offset = r.records[-1].offset + 1
+    return got
+
+
+def test_compacted_topic_keeps_the_newest_value_of_each_key(b):
+    """Keys route to their FNV-1a partition with no partition named; compaction leaves the
+    newest value of each key at its original offset (reads step over the gaps), tombstoned
+    keys go once their retention passed, and it all survives a restart."""
+    create_topic(b.stub, "state", 2, fsync=pb.FSYNC_POLICY_NEVER,
+                 cleanup_policy=pb.CLEANUP_POLICY_COMPACT, segment_bytes=64 * 1024,
+                 segment_ms=1_000, delete_retention_ms=2_000)
+    keys = [b"key-%d" % k for k in range(40)]
+    doomed = set(keys[:5])
+    by_partition = {p: [k for k in keys if partition_for_key(k, 2) == p] for p in (0, 1)}
+
+    def append(records, p):
+        r = b.stub.Append(pb.AppendRequest(topic="state", records=records), timeout=PATIENCE_S)
+        assert r.partition == p, (r.partition, p)
+
+    for rnd in range(30):
+        for p, ks in by_partition.items():
+            append([pb.Record(key=k, value=b"%s=%d" % (k, rnd)) for k in ks], p)
+    for p, ks in by_partition.items():
+        tombstones = [pb.Record(key=k, headers=[pb.Header(key="spool-tombstone")])
+                      for k in ks if k in doomed]
+        if tombstones:
+            append(tombstones, p)
+        # The log's last batch always stays: make it live values, not tombstones.
+        append([pb.Record(key=k, value=b"%s=final" % k) for k in ks if k not in doomed], p)
+    want = {k: b"%s=final" % k for k in keys if k not in doomed}
+
+    def compacted():
+        state = {}
+        for p in (0, 1):
+            records = read_partition(b.stub, "state", p)
+            ks = [r.key for r in records]
+            if len(ks) != len(set(ks)) or doomed & set(ks):
+                return None
+            offsets = [r.offset for r in records]
+            assert offsets == sorted(offsets), offsets
+            state.update({r.key: (p, r.offset, r.value) for r in records})
+        return state
+
+    deadline = time.monotonic() + 3 * PATIENCE_S
+    state = compacted()
+    while state is None:
+        assert time.monotonic() < deadline, "not compacted in time"
+        time.sleep(0.2)
+        state = compacted()
+    assert {k: v for k, (_, _, v) in state.items()} == want
+    info = b.stub.DescribeTopic(pb.DescribeTopicRequest(name="state"), timeout=PATIENCE_S).topic
+    assert all(p.dirty_ratio < 0.5 for p in info.partition_info), info
+    b.restart()
+    assert compacted() == state, "the same records at the same offsets after a restart"
+    # A read from inside a gap starts at the next record that stayed.
+    p, first, _ = min(state.values(), key=lambda v: (v[0], v[1]))
+    assert first > 0, "compaction emptied the head of the partition"
+    r = b.stub.Read(pb.ReadRequest(topic="state", partition=p, offset=first - 1, max_records=1),
+                    timeout=PATIENCE_S)
+    assert [x.offset for x in r.records] == [first]
+
+
+test_compacted_topic_keeps_the_newest_value_of_each_key.spoold_args = QUICK_COMPACTION
+TESTS.append(test_compacted_topic_keeps_the_newest_value_of_each_key)
+
+
 def main():
     spoold = spoold_binary()
     if not os.access(spoold, os.X_OK):
@@ -356,7 +437,7 @@ def main():
     failed = 0
     for test in TESTS:
         data_dir = tempfile.mkdtemp(prefix="spool-py-data-")
-        broker = Broker(data_dir)
+        broker = Broker(data_dir, getattr(test, "spoold_args", ()))
         began = time.monotonic()
         try:
             broker.start()
