@@ -7,6 +7,7 @@
 //! - `registry`: topics, their settings on disk and their partitions' logs.
 //! - `offsets`: committed offsets, durable on an internal log.
 //! - `groups`: consumer group membership and assignment.
+//! - `cluster/`: the nodes, and who leads and holds each partition (one node today).
 //! - `service/`: the RPC handlers, one file per family; `service/status.rs` maps errors to
 //!   gRPC codes in one place.
 //! - `health`: the `spool.v1.Partitions` health service, NOT_SERVING while a partition failed.
@@ -25,6 +26,7 @@
 //! - Every stream queue is bounded: a slow client costs bounded memory.
 
 pub mod auth;
+pub mod cluster;
 pub mod compaction;
 pub mod config;
 pub mod console;

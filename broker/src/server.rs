@@ -98,6 +98,10 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         &config.quotas,
         Duration::from_millis(config.quota_max_delay_ms),
     );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::io("bind", config.listen.to_string(), e))?;
+    let grpc_addr = local_addr(&listener)?;
     let token = CancellationToken::new();
     let inner = Arc::new(Inner {
         config: Arc::clone(&config),
@@ -115,12 +119,9 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         partition_events,
         shutdown: token.clone(),
         history: Default::default(),
+        cluster: crate::cluster::Cluster::single(grpc_addr.to_string()),
     });
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::io("bind", config.listen.to_string(), e))?;
-    let grpc_addr = local_addr(&listener)?;
     let metrics_listener = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|e| Error::io("bind", config.metrics_listen.to_string(), e))?;

@@ -251,6 +251,7 @@ async fn altering_needs_alter_on_the_topic() {
         name: "t".into(),
         partitions: 1,
         config: None,
+        ..Default::default()
     });
     let bearer = "Bearer ops-token".parse().unwrap();
     create.metadata_mut().insert("authorization", bearer);

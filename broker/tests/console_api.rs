@@ -311,6 +311,7 @@ async fn with_auth_on_the_api_applies_the_callers_token_and_acls() {
         name: "t".into(),
         partitions: 1,
         config: None,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", "Bearer admin-token".parse().unwrap());

@@ -49,6 +49,7 @@ async fn graceful_restart_keeps_topics_records_and_committed_offsets() {
             retention_ms: 86_400_000,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -539,6 +540,7 @@ async fn idempotent_state_spanning_segments_is_rebuilt_after_a_restart() {
             segment_bytes: 65_536,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -598,6 +600,7 @@ async fn timestamp_and_offset_lookups_work_after_kill_9() {
             segment_bytes: 65_536,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     })
     .await
     .unwrap();

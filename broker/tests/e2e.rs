@@ -29,6 +29,7 @@ async fn topics_are_created_listed_described_and_deleted_with_their_files() {
             max_record_bytes: 2048,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     };
     let orders = c
         .create_topic(req)
@@ -60,6 +61,7 @@ async fn topics_are_created_listed_described_and_deleted_with_their_files() {
             name: "alpha".into(),
             partitions: 1,
             config: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -212,6 +214,7 @@ async fn append_durability_follows_the_fsync_policy() {
             fsync_interval_ms: 100,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     };
     within("CreateTopic", c.create_topic(req)).await.unwrap();
     let a = append(&mut c, "always", 0, recs("a", 0..3)).await;
@@ -719,6 +722,7 @@ async fn retention_moves_the_start_offset_and_reads_below_it_are_out_of_range() 
             fsync: FsyncPolicy::Never as i32,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     })
     .await
     .unwrap();

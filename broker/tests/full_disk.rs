@@ -68,6 +68,7 @@ async fn create(c: &mut Client, name: &str) {
             fsync: FsyncPolicy::Always as i32,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     };
     within("CreateTopic", c.create_topic(req))
         .await

@@ -24,6 +24,7 @@ async fn create_with(c: &mut Client, name: &str, config: TopicConfig) -> TopicIn
         name: name.into(),
         partitions: 1,
         config: Some(config),
+        ..Default::default()
     };
     c.create_topic(req)
         .await

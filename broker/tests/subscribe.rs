@@ -257,6 +257,7 @@ async fn subscribe_from_a_timestamp_finds_the_record_across_many_segments() {
         name: "t".into(),
         partitions: 1,
         config: Some(config),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -139,6 +139,7 @@ async fn codecs_and_levels_outside_what_exists_are_invalid_arguments() {
                 name: "bad".into(),
                 partitions: 1,
                 config: Some(cfg),
+                ..Default::default()
             })
             .await,
         );

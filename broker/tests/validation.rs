@@ -14,6 +14,7 @@ fn create(name: &str, partitions: u32) -> CreateTopicRequest {
         name: name.into(),
         partitions,
         config: None,
+        ..Default::default()
     }
 }
 
@@ -104,6 +105,7 @@ async fn an_invalid_fsync_policy_value_is_invalid_argument() {
                 fsync: 42,
                 ..TopicConfig::default()
             }),
+            ..Default::default()
         })
         .await,
     );
@@ -218,6 +220,7 @@ async fn empty_appends_and_oversized_records_are_invalid_argument() {
             fsync: FsyncPolicy::Never as i32,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -274,6 +277,7 @@ async fn empty_appends_and_oversized_records_are_invalid_argument() {
                 max_record_bytes: u32::MAX,
                 ..TopicConfig::default()
             }),
+            ..Default::default()
         })
         .await,
     );
@@ -293,6 +297,7 @@ async fn small_request_limit() -> (Broker, Client) {
             fsync: FsyncPolicy::Never as i32,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     })
     .await
     .unwrap();

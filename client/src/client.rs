@@ -234,6 +234,7 @@ impl Client {
             name: name.to_string(),
             partitions,
             config: Some(config),
+            ..Default::default()
         });
         let resp = self
             .raw
@@ -309,6 +310,15 @@ impl Client {
             .await?;
         resp.topic
             .ok_or_else(|| Error::InvalidArgument("the broker answered without a topic".into()))
+    }
+
+    /// The nodes of the cluster, as the broker answering sees them.
+    pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse> {
+        self.retrying(|mut c| {
+            let r = self.request(DescribeClusterRequest {});
+            async move { c.describe_cluster(r).await }
+        })
+        .await
     }
 
     /// Appends one batch (not idempotent: prefer [`crate::Producer`] for retries).

@@ -112,6 +112,22 @@ async fn topic_create_list_describe_delete() {
         .collect();
     assert_eq!(partition_rows.len(), 3, "{}", d.stdout);
     assert!(d.stdout.contains("compression"), "{}", d.stdout);
+    // A single node leads and holds every partition.
+    for row in &partition_rows {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cells[cells.len() - 3..], ["1", "1", "1"], "{}", d.stdout);
+    }
+    let status = spool(&e, &["cluster", "status"]).await.ok();
+    let lines = status.lines();
+    assert_eq!(lines[0], "metadata leader: 1", "{}", status.stdout);
+    let node: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(
+        (node[0], node[2], node[4]),
+        ("1", "up", "0"),
+        "{}",
+        status.stdout
+    );
+    assert!(node[3].parse::<u32>().unwrap() >= 3, "{}", status.stdout);
 
     let altered = spool(
         &e,

@@ -146,6 +146,13 @@ fn descriptor_set_declares_every_broker_rpc_with_its_streaming_shape() {
         ("Receive", "ReceiveRequest", "ReceiveResponse", false, false),
         ("Settle", "SettleRequest", "SettleResponse", false, false),
         ("Work", "WorkRequest", "WorkResponse", true, true),
+        (
+            "DescribeCluster",
+            "DescribeClusterRequest",
+            "DescribeClusterResponse",
+            false,
+            false,
+        ),
     ];
     let service = &file.service[0];
     assert_eq!(service.name(), "Broker");
@@ -208,8 +215,13 @@ fn descriptor_set_keeps_enum_value_names() {
         [
             "DURABILITY_UNSPECIFIED",
             "DURABILITY_WRITTEN",
-            "DURABILITY_FSYNCED"
+            "DURABILITY_FSYNCED",
+            "DURABILITY_REPLICATED"
         ]
+    );
+    assert_eq!(
+        values("NodeState"),
+        ["NODE_STATE_UNSPECIFIED", "NODE_STATE_UP", "NODE_STATE_DOWN"]
     );
     assert_eq!(
         start_position::Kind::Committed.as_str_name(),
@@ -252,6 +264,7 @@ fn generated_types_have_the_contract_field_names() {
         name: "t".into(),
         partitions: 1,
         config: Some(config),
+        replication_factor: 3,
     };
     let _ = v1::TopicInfo {
         name: "t".into(),
@@ -265,8 +278,23 @@ fn generated_types_have_the_contract_field_names() {
             state: v1::PartitionState::Ok as i32,
             failure: String::new(),
             dirty_ratio: 0.0,
+            leader: 0,
+            replicas: vec![1, 2, 3],
+            in_sync: vec![1],
         }],
+        replication_factor: 3,
     };
+    let _ = v1::DescribeClusterResponse {
+        nodes: vec![v1::NodeInfo {
+            node_id: 1,
+            address: "127.0.0.1:7450".into(),
+            state: v1::NodeState::Down.into(),
+            leading: 0,
+            following: 0,
+        }],
+        metadata_leader: 0,
+    };
+    let _ = v1::DescribeClusterRequest {};
     let append = v1::AppendRequest {
         topic: "t".into(),
         partition: None,
@@ -509,4 +537,33 @@ fn queue_messages_number_their_fields_as_the_queue_issue_gave_them() {
     );
     assert_eq!(v1::SettleAction::Reject as i32, 4);
     assert_eq!(v1::QueueOrdering::Key.as_str_name(), "QUEUE_ORDERING_KEY");
+}
+
+#[test]
+fn cluster_messages_number_their_fields_as_the_cluster_issue_gave_them() {
+    let fds = FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("descriptor set decodes");
+    let messages: Vec<_> = fds.file.iter().flat_map(|f| &f.message_type).collect();
+    let number = |message: &str, field: &str| {
+        messages
+            .iter()
+            .find(|m| m.name() == message)
+            .and_then(|m| m.field.iter().find(|f| f.name() == field))
+            .map(|f| f.number())
+    };
+    assert_eq!(number("CreateTopicRequest", "replication_factor"), Some(4));
+    assert_eq!(number("PartitionInfo", "leader"), Some(5));
+    assert_eq!(number("PartitionInfo", "replicas"), Some(6));
+    assert_eq!(number("PartitionInfo", "in_sync"), Some(7));
+    assert_eq!(number("DescribeClusterResponse", "nodes"), Some(1));
+    assert_eq!(
+        number("DescribeClusterResponse", "metadata_leader"),
+        Some(2)
+    );
+    for (i, f) in ["node_id", "address", "state", "leading", "following"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(number("NodeInfo", f), Some(i as i32 + 1), "{f}");
+    }
+    assert_eq!(v1::Durability::Replicated as i32, 3);
 }

@@ -106,7 +106,7 @@ pub fn records_to_proto(records: Vec<StoredRecord>) -> (Vec<v1::Record>, u64) {
     (records.into_iter().map(to_proto).collect(), bytes)
 }
 
-pub fn topic_info(t: &Topic) -> v1::TopicInfo {
+pub fn topic_info(t: &Topic, cluster: &crate::cluster::Cluster) -> v1::TopicInfo {
     let s = &t.settings;
     v1::TopicInfo {
         name: t.name.clone(),
@@ -129,24 +129,31 @@ pub fn topic_info(t: &Topic) -> v1::TopicInfo {
             delete_retention_ms: s.delete_retention_ms.unwrap_or_default(),
             segment_ms: s.segment_ms.unwrap_or_default(),
         }),
+        replication_factor: cluster.copies(),
         partition_info: t
             .partitions
             .iter()
-            .map(|p| v1::PartitionInfo {
-                partition: p.index,
-                start_offset: p.log.start_offset(),
-                end_offset: p.log.end_offset(),
-                size_bytes: p.log.size_bytes(),
-                state: match p.failure() {
-                    Some(_) => v1::PartitionState::Failed,
-                    None => v1::PartitionState::Ok,
-                } as i32,
-                failure: p.failure().unwrap_or_default(),
-                dirty_ratio: if s.cleanup_policy.compacts() {
-                    p.log.dirty_ratio()
-                } else {
-                    0.0
-                },
+            .map(|p| {
+                let place = cluster.placement();
+                v1::PartitionInfo {
+                    partition: p.index,
+                    start_offset: p.log.start_offset(),
+                    end_offset: p.log.end_offset(),
+                    size_bytes: p.log.size_bytes(),
+                    state: match p.failure() {
+                        Some(_) => v1::PartitionState::Failed,
+                        None => v1::PartitionState::Ok,
+                    } as i32,
+                    failure: p.failure().unwrap_or_default(),
+                    dirty_ratio: if s.cleanup_policy.compacts() {
+                        p.log.dirty_ratio()
+                    } else {
+                        0.0
+                    },
+                    leader: place.leader,
+                    replicas: place.replicas,
+                    in_sync: place.in_sync,
+                }
             })
             .collect(),
     }

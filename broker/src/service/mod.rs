@@ -47,6 +47,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Activity and lag over the last minutes, for the console.
     pub history: crate::console::history::History,
+    /// The nodes and where each partition lives.
+    pub cluster: crate::cluster::Cluster,
 }
 
 /// The tonic service: a cheap handle on [`Inner`].
@@ -358,5 +360,15 @@ impl Broker for BrokerService {
         let who = principal_of(&req);
         let stream = work::work(Arc::clone(&self.inner), who, req.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
+    }
+    async fn describe_cluster(
+        &self,
+        req: Request<DescribeClusterRequest>,
+    ) -> Result<Response<DescribeClusterResponse>, Status> {
+        let who = principal_of(&req);
+        self.inner
+            .auth
+            .check(&who, Op::Describe, Resource::Cluster)?;
+        Ok(Response::new(topics::describe_cluster(&self.inner)))
     }
 }

@@ -1,4 +1,4 @@
-//! CreateTopic, AlterTopic, DeleteTopic, ListTopics, DescribeTopic.
+//! CreateTopic, AlterTopic, DeleteTopic, ListTopics, DescribeTopic, DescribeCluster.
 
 use std::sync::Arc;
 
@@ -11,6 +11,8 @@ use crate::registry::validate_name;
 
 pub async fn create(inner: &Arc<Inner>, req: CreateTopicRequest) -> Result<CreateTopicResponse> {
     validate_name("topic", &req.name)?;
+    // Checked before anything is created; every copy is this node's until replication.
+    inner.cluster.replication_factor(req.replication_factor)?;
     let settings = inner
         .registry
         .settings_for(&req.config.unwrap_or_default())?;
@@ -21,7 +23,7 @@ pub async fn create(inner: &Arc<Inner>, req: CreateTopicRequest) -> Result<Creat
     .await??;
     tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "topic created");
     Ok(CreateTopicResponse {
-        topic: Some(topic_info(&topic)),
+        topic: Some(topic_info(&topic, &inner.cluster)),
     })
 }
 
@@ -45,7 +47,7 @@ pub async fn alter(inner: &Arc<Inner>, req: AlterTopicRequest) -> Result<AlterTo
         .topic_altered(&topic.name, topic.partitions.len() as u32);
     tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "topic altered");
     Ok(AlterTopicResponse {
-        topic: Some(topic_info(&topic)),
+        topic: Some(topic_info(&topic, &inner.cluster)),
     })
 }
 
@@ -72,7 +74,7 @@ pub fn list(inner: &Inner) -> ListTopicsResponse {
             .registry
             .list()
             .iter()
-            .map(|t| topic_info(t))
+            .map(|t| topic_info(t, &inner.cluster))
             .collect(),
     }
 }
@@ -81,6 +83,10 @@ pub fn describe(inner: &Inner, req: DescribeTopicRequest) -> Result<DescribeTopi
     validate_name("topic", &req.name)?;
     let topic = inner.registry.get(&req.name)?;
     Ok(DescribeTopicResponse {
-        topic: Some(topic_info(&topic)),
+        topic: Some(topic_info(&topic, &inner.cluster)),
     })
+}
+
+pub fn describe_cluster(inner: &Inner) -> DescribeClusterResponse {
+    inner.cluster.describe(&inner.registry)
 }

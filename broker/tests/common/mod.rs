@@ -334,6 +334,7 @@ pub async fn create_topic_with(
         name: name.into(),
         partitions,
         config: Some(config),
+        ..Default::default()
     };
     within("CreateTopic", c.create_topic(req))
         .await

@@ -73,6 +73,7 @@ async fn filled_broker(partitions: u32, batches: u64) -> Broker {
             fsync: FsyncPolicy::Never as i32,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     };
     within("CreateTopic", c.create_topic(req)).await.unwrap();
     for p in 0..partitions {

@@ -61,6 +61,7 @@ pub(super) async fn oversized_requests(c: &mut Client, w: &mut Witness) {
         name: name.clone(),
         partitions: 1,
         config: None,
+        ..Default::default()
     };
     expect(
         "an oversized CreateTopic",
@@ -235,6 +236,7 @@ pub(super) async fn absurd_topic_configs(c: &mut Client, w: &mut Witness) {
         name: name.into(),
         partitions,
         config: Some(config),
+        ..Default::default()
     };
     for partitions in [0, 10_001, u32::MAX] {
         expect(

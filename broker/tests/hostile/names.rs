@@ -25,6 +25,7 @@ pub(super) async fn hostile_names(c: &mut Client, w: &mut Witness) {
             name: n(),
             partitions: 1,
             config: None,
+            ..Default::default()
         };
         expect(&case("CreateTopic"), c.create_topic(create), BAD).await;
         expect(
@@ -147,6 +148,7 @@ pub(super) async fn offsets_outside_the_log(c: &mut Client, w: &mut Witness) {
             fsync: FsyncPolicy::Never as i32,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     };
     within("CreateTopic", c.create_topic(req))
         .await

@@ -56,6 +56,7 @@ async fn a_topic_with_retention_ms_u64_max_keeps_its_records() {
             retention_ms: u64::MAX,
             ..TopicConfig::default()
         }),
+        ..Default::default()
     };
     within("CreateTopic", c.create_topic(req))
         .await

@@ -24,6 +24,7 @@
 //!
 //! Errors are printed as one line, `spool: <what failed>: <why>`, never as a debug dump.
 
+mod cluster;
 mod consume;
 mod generate;
 mod group;
@@ -122,6 +123,9 @@ enum Command {
     /// Create and inspect queues; receive records or run a command per record.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Show the cluster's nodes and where partitions live.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "\
 Examples:
@@ -195,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(cmd) => group::run_group(&client, cmd).await,
         Command::Offsets(cmd) => group::run_offsets(&client, cmd).await,
         Command::Queue(cmd) => queue::run(&client, cmd).await,
+        Command::Cluster(cmd) => cluster::run(&client, cmd).await,
         Command::Completions(_) | Command::Man(_) => unreachable!("handled before connecting"),
     }
 }

@@ -100,6 +100,23 @@ pub fn fsync(policy: i32, interval_ms: u64) -> String {
 }
 
 /// A topic's cleanup policy.
+/// A node id; 0 is "none" (no leader right now).
+pub fn node(id: u32) -> String {
+    if id == 0 {
+        "none".to_string()
+    } else {
+        id.to_string()
+    }
+}
+
+/// Node ids, comma-separated; "-" for none.
+pub fn nodes(ids: &[u32]) -> String {
+    if ids.is_empty() {
+        return "-".to_string();
+    }
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
 pub fn cleanup(policy: i32) -> String {
     match CleanupPolicy::try_from(policy) {
         Ok(CleanupPolicy::Delete) => "delete".into(),

@@ -262,6 +262,7 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
     let rows = [
         ("name", info.name.clone()),
         ("partitions", info.partitions.to_string()),
+        ("replication-factor", info.replication_factor.to_string()),
         ("records", output::count(records(&info))),
         (
             "retention-bytes",
@@ -303,6 +304,9 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
         ("END", true),
         (if compacted { "OFFSETS" } else { "RECORDS" }, true),
         ("SIZE", true),
+        ("LEADER", true),
+        ("REPLICAS", false),
+        ("IN-SYNC", false),
     ];
     if compacted {
         columns.push(("DIRTY", true));
@@ -315,6 +319,9 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<()> {
             p.end_offset.to_string(),
             output::count(p.end_offset.saturating_sub(p.start_offset)),
             output::bytes(p.size_bytes),
+            output::node(p.leader),
+            output::nodes(&p.replicas),
+            output::nodes(&p.in_sync),
         ];
         if compacted {
             row.push(format!("{:.0}%", p.dirty_ratio * 100.0));

@@ -148,3 +148,41 @@ async fn reflection_needs_admin_on_the_cluster() {
     }
     broker.shutdown().await;
 }
+
+/// `DescribeCluster` needs `describe` on the cluster: every right on topics, groups and
+/// queues is not enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_cluster_needs_describe_on_the_cluster() {
+    let pki = Pki::new();
+    let broker = TempBroker::start_with(|cfg| {
+        cfg.tls = pki.server_tls(false, false);
+        let mut acl = superuser("admin");
+        for resource in ["topic:*", "group:*", "queue:*"] {
+            acl.push(rule("dev", resource, &ALL_OPS));
+        }
+        acl.push(rule("ops", "cluster", &[Operation::Describe]));
+        cfg.auth = AuthConfig {
+            tokens: vec![token("admin"), token("dev"), token("ops")],
+            acl,
+            mtls_identity: false,
+        };
+    })
+    .await;
+    let dev = client(&pki, &broker, Some("dev")).await;
+    let e = within("DescribeCluster as dev", dev.describe_cluster())
+        .await
+        .expect_err("dev may not describe the cluster");
+    assert!(
+        e.to_string()
+            .contains("principal dev may not describe cluster"),
+        "{e}"
+    );
+    for who in ["ops", "admin"] {
+        let c = client(&pki, &broker, Some(who)).await;
+        let r = within("DescribeCluster", c.describe_cluster())
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert_eq!(r.nodes.len(), 1, "{who}");
+    }
+    broker.shutdown().await;
+}

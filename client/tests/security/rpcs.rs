@@ -122,6 +122,7 @@ impl Rpc {
                     name: t,
                     partitions: 1,
                     config: None,
+                    ..Default::default()
                 })
                 .await?;
             }

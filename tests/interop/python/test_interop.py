@@ -348,6 +348,24 @@ def test_alter_topic_adds_partitions_and_changes_settings(b):
 TESTS.append(test_alter_topic_adds_partitions_and_changes_settings)
 
 
+def test_a_single_node_describes_itself_as_the_whole_cluster(b):
+    create_topic(b.stub, "placed", 2)
+    c = b.stub.DescribeCluster(pb.DescribeClusterRequest(), timeout=PATIENCE_S)
+    assert c.metadata_leader == 1
+    assert [(n.node_id, n.state, n.leading, n.following) for n in c.nodes] == \
+        [(1, pb.NODE_STATE_UP, 2, 0)], c
+    t = b.stub.DescribeTopic(pb.DescribeTopicRequest(name="placed"), timeout=PATIENCE_S).topic
+    assert t.replication_factor == 1
+    assert [(p.leader, list(p.replicas), list(p.in_sync)) for p in t.partition_info] == \
+        [(1, [1], [1])] * 2
+    e = expect_code(grpc.StatusCode.INVALID_ARGUMENT, b.stub.CreateTopic,
+                    pb.CreateTopicRequest(name="wide", partitions=1, replication_factor=3))
+    assert "replication_factor 3" in e.details(), e.details()
+
+
+TESTS.append(test_a_single_node_describes_itself_as_the_whole_cluster)
+
+
 # The compactor looks often and cleans unthrottled, so a test waits seconds, not minutes.
 QUICK_COMPACTION = ["--compaction-check-ms", "100", "--retention-check-ms", "100",
                     "--compaction-bytes-per-sec", "0", "--compaction-max-lag-ms", "500"]
