@@ -3,7 +3,7 @@
 //!
 //! Today a broker is one node (id 1), the leader and only replica of every partition and
 //! the metadata leader; this module is the one place the service asks about placement,
-//! so replication (docs/cluster.md) changes the answers here, not the callers.
+//! so replication (issue 14) changes the answers here, not the callers.
 
 use spool_proto::v1;
 
@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::registry::Registry;
 
 /// The id of a broker running alone.
-pub const SINGLE_NODE_ID: u32 = 1;
+const SINGLE_NODE_ID: u32 = 1;
 
 /// The most copies a replicated topic gets when its creator names none.
 const DEFAULT_REPLICATION_FACTOR: u32 = 3;
@@ -55,11 +55,6 @@ impl Cluster {
         }
     }
 
-    /// This node's id.
-    pub fn node_id(&self) -> u32 {
-        self.this.id
-    }
-
     /// The replication factor a `CreateTopic` asking for `requested` gets: 0 = min(3,
     /// nodes); more than the nodes is refused, saying how many there are.
     pub fn replication_factor(&self, requested: u32) -> Result<u32> {
@@ -89,26 +84,25 @@ impl Cluster {
 
     /// `DescribeCluster`: every node with the partitions it leads and follows.
     pub fn describe(&self, registry: &Registry) -> v1::DescribeClusterResponse {
-        let placements: Vec<Placement> = registry
+        let partitions: u32 = registry
             .list()
             .iter()
-            .flat_map(|t| t.partitions.iter().map(|_| self.placement()))
-            .collect();
+            .map(|t| t.partitions.len() as u32)
+            .sum();
+        // Every partition has the same placement while there is one node.
+        let place = self.placement();
         let nodes = self
             .nodes
             .iter()
             .map(|n| {
-                let leading = placements.iter().filter(|p| p.leader == n.id).count();
-                let holding = placements
-                    .iter()
-                    .filter(|p| p.replicas.contains(&n.id))
-                    .count();
+                let leads = place.leader == n.id;
+                let holds = place.replicas.contains(&n.id);
                 v1::NodeInfo {
                     node_id: n.id,
                     address: n.address.clone(),
                     state: v1::NodeState::Up as i32,
-                    leading: leading as u32,
-                    following: (holding - leading) as u32,
+                    leading: if leads { partitions } else { 0 },
+                    following: if holds && !leads { partitions } else { 0 },
                 }
             })
             .collect();

@@ -361,6 +361,7 @@ impl Broker for BrokerService {
         let stream = work::work(Arc::clone(&self.inner), who, req.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
     }
+
     async fn describe_cluster(
         &self,
         req: Request<DescribeClusterRequest>,
@@ -369,6 +370,8 @@ impl Broker for BrokerService {
         self.inner
             .auth
             .check(&who, Op::Describe, Resource::Cluster)?;
-        Ok(Response::new(topics::describe_cluster(&self.inner)))
+        Ok(Response::new(
+            self.inner.cluster.describe(&self.inner.registry),
+        ))
     }
 }

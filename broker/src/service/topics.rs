@@ -1,4 +1,4 @@
-//! CreateTopic, AlterTopic, DeleteTopic, ListTopics, DescribeTopic, DescribeCluster.
+//! CreateTopic, AlterTopic, DeleteTopic, ListTopics, DescribeTopic.
 
 use std::sync::Arc;
 
@@ -85,8 +85,4 @@ pub fn describe(inner: &Inner, req: DescribeTopicRequest) -> Result<DescribeTopi
     Ok(DescribeTopicResponse {
         topic: Some(topic_info(&topic, &inner.cluster)),
     })
-}
-
-pub fn describe_cluster(inner: &Inner) -> DescribeClusterResponse {
-    inner.cluster.describe(&inner.registry)
 }

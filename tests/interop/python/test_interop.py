@@ -92,6 +92,20 @@ def create_topic(stub, name, partitions, **config):
     ).topic
 
 
+def read_partition(stub, topic, partition, offset=0):
+    """Every record from `offset` to the end offset the first read reported."""
+    got, end = [], None
+    while end is None or offset < end:
+        r = stub.Read(pb.ReadRequest(topic=topic, partition=partition, offset=offset),
+                      timeout=PATIENCE_S)
+        end = r.end_offset if end is None else end
+        if not r.records:
+            break
+        got.extend(r.records)
+        offset = r.records[-1].offset + 1
+    return got
+
+
 # --------------------------------------------------------------------------------------
 # Tests. Each gets a running broker on a fresh data directory.
 # --------------------------------------------------------------------------------------
@@ -296,12 +310,8 @@ def test_compressed_topics_read_back_as_appended(b):
     plain = [(r.key, r.value, list(r.headers)) for r in events]
 
     def read_all(name):
-        got, offset = [], 0
-        while offset < 600:
-            r = b.stub.Read(pb.ReadRequest(topic=name, partition=0, offset=offset), timeout=PATIENCE_S)
-            assert r.records and r.records[0].offset == offset
-            got.extend(r.records)
-            offset = r.records[-1].offset + 1
+        got = read_partition(b.stub, name, 0)
+        assert [r.offset for r in got] == list(range(600)), name
         return [(r.key, r.value, list(r.headers)) for r in got]
 
     for round in range(2):
@@ -369,20 +379,6 @@ TESTS.append(test_a_single_node_describes_itself_as_the_whole_cluster)
 # The compactor looks often and cleans unthrottled, so a test waits seconds, not minutes.
 QUICK_COMPACTION = ["--compaction-check-ms", "100", "--retention-check-ms", "100",
                     "--compaction-bytes-per-sec", "0", "--compaction-max-lag-ms", "500"]
-
-
-def read_partition(stub, topic, partition, offset=0):
-    """Every record from `offset` to the end offset the first read reported."""
-    got, end = [], None
-    while end is None or offset < end:
-        r = stub.Read(pb.ReadRequest(topic=topic, partition=partition, offset=offset),
-                      timeout=PATIENCE_S)
-        end = r.end_offset if end is None else end
-        if not r.records:
-            break
-        got.extend(r.records)
-        offset = r.records[-1].offset + 1
-    return got
 
 
 def test_compacted_topic_keeps_the_newest_value_of_each_key(b):
