@@ -13,6 +13,8 @@ use protox::prost::Message as _;
 
 /// The proto file, relative to the crate root.
 const PROTO: &str = "spool/v1/spool.proto";
+/// The nodes' own service (Raft messages, forwarded writes, pings): not a client API.
+const PEER_PROTO: &str = "spool/internal/v1/peer.proto";
 /// The include root: imports and file names are relative to it.
 const INCLUDE: &str = ".";
 /// The descriptor set file name in `OUT_DIR`, read by `FILE_DESCRIPTOR_SET`.
@@ -20,14 +22,17 @@ const DESCRIPTOR_FILE: &str = "spool_descriptor.bin";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed={PEER_PROTO}");
     println!("cargo:rerun-if-changed=build.rs");
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
 
     // Source info (comments) is kept: it becomes rustdoc on the generated
     // types, and reflection clients such as `grpcurl describe` show it.
-    let fds = protox::compile([PROTO], [INCLUDE])?;
-    fs::write(out_dir.join(DESCRIPTOR_FILE), fds.encode_to_vec())?;
+    // Reflection shows the client API only, never the nodes' own service.
+    let public = protox::compile([PROTO], [INCLUDE])?;
+    fs::write(out_dir.join(DESCRIPTOR_FILE), public.encode_to_vec())?;
+    let fds = protox::compile([PROTO, PEER_PROTO], [INCLUDE])?;
 
     tonic_prost_build::configure()
         .build_server(true)

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use spool_storage::config::MIN_SEGMENT_BYTES;
 
 use crate::auth::AuthConfig;
+use crate::cluster::config::ClusterConfig;
 use crate::quota::QuotaConfig;
 
 /// TLS on the gRPC port (`[tls]`): PEM files. With `client_ca`, client certificates signed
@@ -160,6 +161,8 @@ pub struct BrokerConfig {
     /// `/metrics` answers only a caller whose token (or certificate) has `describe` on
     /// `cluster` (needs auth on). Off: `/metrics` is open, as a scraper on loopback expects.
     pub metrics_auth: bool,
+    /// `[cluster]`: this node's id and its peers; none = a single node.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for BrokerConfig {
@@ -199,6 +202,7 @@ impl Default for BrokerConfig {
             console_writes: false,
             console_sample_ms: 10_000,
             metrics_auth: false,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -269,6 +273,17 @@ impl BrokerConfig {
         if self.max_partitions == 0 || self.stream_buffer == 0 || self.max_in_flight_appends == 0 {
             return Err(
                 "max_partitions, stream_buffer and max_in_flight_appends must be at least 1".into(),
+            );
+        }
+        self.cluster.parse_peers()?;
+        if self.cluster.enabled()
+            && (self.tls.enabled()
+                || !self.auth.tokens.is_empty()
+                || self.auth.mtls_identity
+                || !self.auth.acl.is_empty())
+        {
+            return Err(
+                "--peers with TLS or auth needs nodes to authenticate each other, which this build does not do yet: run the cluster on a trusted network without TLS and auth, or run a single node".into(),
             );
         }
         if self.max_producers_per_partition == 0 || self.max_producers == 0 {

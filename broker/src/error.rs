@@ -49,6 +49,9 @@ pub enum Error {
     #[error("{0}")]
     PermissionDenied(String),
     /// The broker is shutting down.
+    /// No leader right now (an election, or this node cut off from a majority): retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the broker is shutting down; retry against the restarted broker")]
     ShuttingDown,
     /// Broker metadata on disk could not be used.

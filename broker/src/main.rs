@@ -12,7 +12,7 @@ use spool_broker::BrokerConfig;
 /// Every flag can also be given as a SPOOL_* environment variable or as a key of the TOML
 /// file passed with --config (flags win over the environment, which wins over the file).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -97,6 +97,17 @@ struct Cli {
     /// Prometheus sends the token with `authorization: { credentials: ... }`).
     #[arg(long, env = "SPOOL_METRICS_AUTH")]
     metrics_auth: bool,
+    /// This node's id among --peers (a cluster; without --peers the broker runs alone).
+    #[arg(long, env = "SPOOL_NODE_ID")]
+    node_id: Option<u32>,
+    /// Every node of the cluster, this one included, the same on every node:
+    /// 1=host:7450,2=host:7460,3=host:7470 (each node's gRPC address).
+    #[arg(long, env = "SPOOL_PEERS")]
+    peers: Option<String>,
+    /// A follower that hears no leader for this long (randomised up to twice it) starts an
+    /// election, in milliseconds [default: 500].
+    #[arg(long, env = "SPOOL_ELECTION_TIMEOUT_MS")]
+    election_timeout_ms: Option<u64>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -118,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SPOOL_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -173,6 +184,15 @@ fn main() -> anyhow::Result<()> {
         config.console_sample_ms = v;
     }
     config.metrics_auth |= cli.metrics_auth;
+    if let Some(v) = cli.node_id {
+        config.cluster.node_id = v;
+    }
+    if let Some(v) = cli.peers {
+        config.cluster.peers = v;
+    }
+    if let Some(v) = cli.election_timeout_ms {
+        config.cluster.election_timeout_ms = v;
+    }
     if let Some(v) = cli.fsync {
         config.topic_defaults.fsync = v;
     }

@@ -166,6 +166,48 @@ pub struct Registry {
 }
 
 /// Checks a topic or group name: `[A-Za-z0-9._-]{1,249}`, never `.` or `..`.
+/// Checks a new topic's partition count.
+pub fn check_partitions(config: &BrokerConfig, partitions: u32) -> Result<()> {
+    if partitions == 0 || partitions > config.max_partitions {
+        return Err(Error::invalid(format!(
+            "partitions must be 1 to {}, got {partitions}",
+            config.max_partitions
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an alteration of `old` to `partitions` (0 = unchanged) and `settings`, returning
+/// the partition count it leaves.
+pub fn check_alter(
+    config: &BrokerConfig,
+    old: &Topic,
+    partitions: u32,
+    settings: &TopicSettings,
+) -> Result<u32> {
+    let name = &old.name;
+    let have = old.partitions.len() as u32;
+    let want = if partitions == 0 { have } else { partitions };
+    if want < have {
+        return Err(Error::invalid(format!(
+            "partitions {want} is fewer than the topic's {have}: partitions can only be added"
+        )));
+    }
+    if want > config.max_partitions {
+        return Err(Error::invalid(format!(
+            "partitions must be at most {}, got {want}",
+            config.max_partitions
+        )));
+    }
+    if want > have && settings.cleanup_policy.compacts() {
+        return Err(Error::invalid(format!(
+            "topic {name:?} is compacted: its keys hash over {have} partitions, and adding partitions would leave a key's older values in another partition than its new ones; create a new topic instead"
+        )));
+    }
+    settings.log_config(config).validate()?;
+    Ok(want)
+}
+
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_TOPIC_NAME {
         return Err(Error::invalid(format!(
@@ -251,12 +293,7 @@ impl Registry {
         settings: TopicSettings,
     ) -> Result<Arc<Topic>> {
         validate_name("topic", name)?;
-        if partitions == 0 || partitions > self.config.max_partitions {
-            return Err(Error::invalid(format!(
-                "partitions must be 1 to {}, got {partitions}",
-                self.config.max_partitions
-            )));
-        }
+        check_partitions(&self.config, partitions)?;
         let _admin = self.admin.lock();
         if self.topics.read().contains_key(name) {
             return Err(Error::TopicExists(name.to_string()));
@@ -350,25 +387,8 @@ impl Registry {
         let _admin = self.admin.lock();
         let old = self.get(name)?;
         let have = old.partitions.len() as u32;
-        let want = if partitions == 0 { have } else { partitions };
-        if want < have {
-            return Err(Error::invalid(format!(
-                "partitions {want} is fewer than the topic's {have}: partitions can only be added"
-            )));
-        }
-        if want > self.config.max_partitions {
-            return Err(Error::invalid(format!(
-                "partitions must be at most {}, got {want}",
-                self.config.max_partitions
-            )));
-        }
-        if want > have && settings.cleanup_policy.compacts() {
-            return Err(Error::invalid(format!(
-                "topic {name:?} is compacted: its keys hash over {have} partitions, and adding partitions would leave a key's older values in another partition than its new ones; create a new topic instead"
-            )));
-        }
+        let want = check_alter(&self.config, &old, partitions, &settings)?;
         let log_config = settings.log_config(&self.config);
-        log_config.validate()?;
         let mut parts = old.partitions.clone();
         for p in have..want {
             let log = self

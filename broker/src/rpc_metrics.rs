@@ -59,8 +59,10 @@ where
         self.service.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let rpc = rpc_name(req.uri().path());
+        // The services' interceptors see no path: they read the method from here.
+        req.extensions_mut().insert(RpcMethod(rpc.clone()));
         let started = Instant::now();
         let answer = self.service.call(req);
         let inner = Arc::clone(&self.inner);
@@ -84,6 +86,10 @@ where
         })
     }
 }
+
+/// The method a request calls (`Append`), as [`rpc_name`] names it.
+#[derive(Clone, Debug)]
+pub struct RpcMethod(pub String);
 
 /// `/spool.v1.Broker/Append` → `Append`; another service's method keeps its service's
 /// name (`grpc.health.v1.Health/Check`).

@@ -48,10 +48,10 @@ pub async fn run(
     start(config).await?.run_until(shutdown).await
 }
 
-/// Opens the data directory, recovers it and starts serving.
 /// Largest HTTP/2 frame peers may send us (the protocol's default is 16 KiB).
 const HTTP2_MAX_FRAME: u32 = 1 << 20;
 
+/// Opens the data directory, recovers it and starts serving.
 pub async fn start(config: BrokerConfig) -> Result<Running> {
     let config = Arc::new(config);
     let storage_config = StorageConfig {
@@ -65,13 +65,14 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
     let delay_memory = config.queue_delay_memory_bytes;
     let partition_events = crate::health::PartitionEvents::default();
     let hook = partition_events.storage_hook();
-    let (registry, offsets, queues) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (storage, registry, offsets, queues) = tokio::task::spawn_blocking(move || -> Result<_> {
         let storage = Arc::new(Storage::open(&data_dir, storage_config)?);
         storage.on_failure(hook);
         let offsets = OffsetStore::open(&storage)?;
-        let registry = Registry::open(Arc::clone(&storage), cfg)?;
+        let registry = Registry::open(Arc::clone(&storage), Arc::clone(&cfg))?;
+        crate::cluster::check_identity(&cfg.cluster, &data_dir, !registry.list().is_empty())?;
         let queues = crate::queue::Queues::open(&storage, &registry, delay_memory)?;
-        Ok((Arc::new(registry), offsets, Arc::new(queues)))
+        Ok((storage, Arc::new(registry), offsets, Arc::new(queues)))
     })
     .await??;
     let topics = registry.list();
@@ -119,7 +120,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         partition_events,
         shutdown: token.clone(),
         history: Default::default(),
-        cluster: crate::cluster::Cluster::single(grpc_addr.to_string()),
+        cluster: crate::cluster::Cluster::new(&config.cluster, grpc_addr.to_string())?,
     });
 
     let metrics_listener = TcpListener::bind(config.metrics_listen)
@@ -157,6 +158,9 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         .send_compressed(CompressionEncoding::Zstd);
     let authn = Arc::clone(&inner);
     let broker = InterceptedService::new(broker, move |mut req: tonic::Request<()>| {
+        if authn.cluster.is_replicated() {
+            refuse_data_rpcs_in_a_cluster(&req)?;
+        }
         let who = authn.auth.authenticate(&req)?;
         req.extensions_mut().insert(who);
         Ok(req)
@@ -184,6 +188,14 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
             .tls_config(tls_config(&config.tls)?)
             .map_err(|e| Error::invalid(format!("TLS configuration: {e}")))?;
     }
+    let peer_service = inner.cluster.is_replicated().then(|| {
+        spool_proto::internal::peer_server::PeerServer::new(
+            crate::cluster::peer_service::PeerService {
+                inner: Arc::clone(&inner),
+            },
+        )
+        .max_decoding_message_size(config.max_request_bytes)
+    });
     let server_token = token.clone();
     let server = builder
         .layer(crate::rpc_metrics::RpcLayer::new(Arc::clone(&inner)))
@@ -199,6 +211,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(broker)
+        .add_optional_service(peer_service)
         // tonic ignores `tcp_nodelay` for an incoming stream it did not bind: set it on the
         // accepted sockets here, or Nagle holds small answers back behind delayed ACKs.
         .serve_with_incoming_shutdown(
@@ -206,6 +219,17 @@ pub async fn start(config: BrokerConfig) -> Result<Running> {
             async move { server_token.cancelled().await },
         );
     let server = tokio::spawn(server);
+    // Started once the peer service answers: the group's first election needs it.
+    inner
+        .cluster
+        .start(
+            storage,
+            Arc::new(crate::cluster::local::LocalTopics {
+                inner: Arc::downgrade(&inner),
+            }),
+            token.clone(),
+        )
+        .await?;
     let metrics_task = tokio::spawn(metrics::serve(
         metrics_listener,
         Arc::clone(&inner),
@@ -277,6 +301,7 @@ impl Running {
             settled = false;
         }
         self.retention_task.abort();
+        self.inner.cluster.shutdown().await;
         let _ = (&mut self.dead_letter_task).await;
         let _ = (&mut self.health_task).await;
         let _ = (&mut self.metrics_task).await;
@@ -366,4 +391,30 @@ async fn retention_loop(inner: Arc<Inner>) {
             return;
         }
     }
+}
+
+/// The RPCs a node of a cluster serves in this build: topic administration and the
+/// cluster's own description. Partition data is not replicated yet, so the rest is refused
+/// rather than served from one node's unreplicated copy.
+const CLUSTER_RPCS: [&str; 6] = [
+    "CreateTopic",
+    "AlterTopic",
+    "DeleteTopic",
+    "ListTopics",
+    "DescribeTopic",
+    "DescribeCluster",
+];
+
+fn refuse_data_rpcs_in_a_cluster(req: &tonic::Request<()>) -> Result<(), tonic::Status> {
+    let method = req
+        .extensions()
+        .get::<crate::rpc_metrics::RpcMethod>()
+        .map_or("", |m| m.0.as_str());
+    if CLUSTER_RPCS.contains(&method) {
+        return Ok(());
+    }
+    Err(tonic::Status::failed_precondition(format!(
+        "{method}: this node is one of a cluster, whose partition data is not replicated in this build yet; a cluster serves {} only (run spoold without --peers for the whole API)",
+        CLUSTER_RPCS.join(", ")
+    )))
 }

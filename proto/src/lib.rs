@@ -45,6 +45,20 @@ pub mod v1 {
     tonic::include_proto!("spool.v1");
 }
 
+/// `spool.internal.v1`: the service nodes of a cluster speak to each other (Raft
+/// messages, forwarded writes, pings), from `spool/internal/v1/peer.proto`. Not a
+/// client API: it changes with the broker's version.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    missing_docs,
+    rustdoc::all
+)]
+pub mod internal {
+    tonic::include_proto!("spool.internal.v1");
+}
+
 impl v1::Record {
     /// Payload bytes as size limits and batching count them: key, value, header keys and
     /// header values (no framing).

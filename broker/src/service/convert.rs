@@ -129,12 +129,12 @@ pub fn topic_info(t: &Topic, cluster: &crate::cluster::Cluster) -> v1::TopicInfo
             delete_retention_ms: s.delete_retention_ms.unwrap_or_default(),
             segment_ms: s.segment_ms.unwrap_or_default(),
         }),
-        replication_factor: cluster.copies(),
+        replication_factor: cluster.copies(&t.name),
         partition_info: t
             .partitions
             .iter()
             .map(|p| {
-                let place = cluster.placement();
+                let place = cluster.placement(&t.name, p.index);
                 v1::PartitionInfo {
                     partition: p.index,
                     start_offset: p.log.start_offset(),

@@ -9,7 +9,7 @@ mod offsets;
 mod queues;
 mod read;
 pub mod status;
-mod topics;
+pub(crate) mod topics;
 mod work;
 
 use std::pin::Pin;

@@ -30,7 +30,7 @@ pub fn code_of(e: &Error) -> Code {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Aborted(_) => Code::Aborted,
         Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::ShuttingDown => Code::Unavailable,
+        Error::ShuttingDown | Error::Unavailable(_) => Code::Unavailable,
         Error::Metadata { .. } | Error::Io { .. } | Error::Task(_) => Code::Internal,
     }
 }
