@@ -182,7 +182,7 @@ mod tests {
             }
         }
         assert_eq!(leading, [2, 2, 2]);
-        assert_eq!(holding, [5, 5, 4]);
+        assert_eq!(holding, [5, 4, 5]);
         assert_eq!(c.topics["b"].replicas[0], vec![3, 1]);
     }
 
